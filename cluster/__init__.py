@@ -1,0 +1,1 @@
+"""bertfleet cluster package."""

@@ -1,0 +1,1 @@
+"""bertfleet jobs package."""

@@ -1,0 +1,426 @@
+"""BERT in plain PyTorch: embeddings, encoder, pooler and the task heads of the original release.
+
+Shape legend, used in every docstring below (as in the original modeling.py):
+    B  batch size            T  sequence length (from = to, BERT is self-attention only)
+    H  hidden size           N  attention heads        D  head size (H / N)
+    I  intermediate size     V  vocabulary size        P  masked positions per sequence
+
+Parameter names are Hugging Face's (`bert.encoder.layer.0.attention.self.query.weight`, ...) so
+its checkpoints load with no renaming; Google TF variables map onto them in checkpoints.py.
+Nothing here knows about distribution, storage or logging: this file imports torch only.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+import torch.nn.functional as F
+import torch.utils.checkpoint
+from torch import Tensor, nn
+
+from models.config import BertConfig
+
+_ACTIVATIONS = {
+    # The original BERT's gelu is the tanh approximation; Hugging Face's "gelu" is erf.
+    "gelu_tanh": lambda x: F.gelu(x, approximate="tanh"),
+    "gelu": F.gelu,
+    "relu": F.relu,
+    "silu": F.silu,
+    "tanh": torch.tanh,
+}
+
+
+@dataclasses.dataclass
+class BertOutput:
+    """What BertModel returns.
+
+    Attributes:
+        sequence_output: float [B, T, H], the last layer.
+        pooled_output: float [B, H], tanh(dense(first token)).
+        all_encoder_layers: every layer's output, L tensors of [B, T, H], when asked for.
+    """
+
+    sequence_output: Tensor
+    pooled_output: Tensor
+    all_encoder_layers: list[Tensor] | None = None
+
+
+@dataclasses.dataclass
+class PreTrainingOutput:
+    """What BertForPreTraining returns; losses are None when no labels were given."""
+
+    masked_lm_log_probs: Tensor  # float [B * P, V]
+    next_sentence_log_probs: Tensor  # float [B, 2]
+    loss: Tensor | None = None
+    masked_lm_loss: Tensor | None = None
+    next_sentence_loss: Tensor | None = None
+    bert: BertOutput | None = None
+
+
+@dataclasses.dataclass
+class TaskOutput:
+    """What the fine-tuning heads return: `logits` and, given labels, `loss`."""
+
+    logits: Tensor
+    loss: Tensor | None = None
+    bert: BertOutput | None = None
+
+
+class BertEmbeddings(nn.Module):
+    def __init__(self, config: BertConfig):
+        super().__init__()
+        self.word_embeddings = nn.Embedding(config.vocab_size, config.hidden_size)
+        self.position_embeddings = nn.Embedding(config.max_position_embeddings, config.hidden_size)
+        self.token_type_embeddings = nn.Embedding(config.type_vocab_size, config.hidden_size)
+        self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+
+    def forward(self, input_ids: Tensor, token_type_ids: Tensor) -> Tensor:
+        """int [B, T] ids and segment ids -> float [B, T, H]."""
+        positions = self.position_embeddings.weight[: input_ids.shape[1]]
+        x = self.word_embeddings(input_ids) + self.token_type_embeddings(token_type_ids) + positions
+        return self.dropout(self.LayerNorm(x))
+
+
+class BertSelfAttention(nn.Module):
+    def __init__(self, config: BertConfig):
+        super().__init__()
+        self.num_heads = config.num_attention_heads
+        self.query = nn.Linear(config.hidden_size, config.hidden_size)
+        self.key = nn.Linear(config.hidden_size, config.hidden_size)
+        self.value = nn.Linear(config.hidden_size, config.hidden_size)
+        self.dropout_prob = config.attention_probs_dropout_prob
+
+    def forward(self, x: Tensor, mask_bias: Tensor) -> Tensor:
+        """float [B, T, H] and additive mask [B, 1, 1, T] -> context float [B, T, H]."""
+        b, t, h = x.shape
+
+        def heads(proj: nn.Linear) -> Tensor:  # [B, T, H] -> [B, N, T, D]
+            return proj(x).view(b, t, self.num_heads, h // self.num_heads).transpose(1, 2)
+
+        # SDPA picks flash / memory-efficient kernels on GPU and a fused kernel on CPU.
+        context = F.scaled_dot_product_attention(
+            heads(self.query), heads(self.key), heads(self.value), attn_mask=mask_bias,
+            dropout_p=self.dropout_prob if self.training else 0.0)
+        return context.transpose(1, 2).reshape(b, t, h)
+
+
+class BertDenseOutput(nn.Module):
+    """dense -> dropout -> residual add -> LayerNorm; used after attention and after the FFN."""
+
+    def __init__(self, config: BertConfig, in_size: int):
+        super().__init__()
+        self.dense = nn.Linear(in_size, config.hidden_size)
+        self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+
+    def forward(self, x: Tensor, residual: Tensor) -> Tensor:
+        return self.LayerNorm(self.dropout(self.dense(x)) + residual)
+
+
+class BertAttention(nn.Module):
+    def __init__(self, config: BertConfig):
+        super().__init__()
+        self.self = BertSelfAttention(config)
+        self.output = BertDenseOutput(config, config.hidden_size)
+
+    def forward(self, x: Tensor, mask_bias: Tensor) -> Tensor:
+        return self.output(self.self(x, mask_bias), x)
+
+
+class BertIntermediate(nn.Module):
+    def __init__(self, config: BertConfig):
+        super().__init__()
+        self.dense = nn.Linear(config.hidden_size, config.intermediate_size)
+        self.act = _ACTIVATIONS[config.hidden_act]
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.act(self.dense(x))
+
+
+class BertLayer(nn.Module):
+    def __init__(self, config: BertConfig):
+        super().__init__()
+        self.attention = BertAttention(config)
+        self.intermediate = BertIntermediate(config)
+        self.output = BertDenseOutput(config, config.intermediate_size)
+
+    def forward(self, x: Tensor, mask_bias: Tensor) -> Tensor:
+        """float [B, T, H] -> float [B, T, H]."""
+        attended = self.attention(x, mask_bias)
+        return self.output(self.intermediate(attended), attended)
+
+
+class BertEncoder(nn.Module):
+    def __init__(self, config: BertConfig):
+        super().__init__()
+        self.layer = nn.ModuleList(BertLayer(config) for _ in range(config.num_hidden_layers))
+        self.gradient_checkpointing = False
+
+    def forward(self, x: Tensor, mask_bias: Tensor) -> list[Tensor]:
+        """Returns every layer's output, L tensors of float [B, T, H]."""
+        outputs = []
+        for layer in self.layer:
+            if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
+                # Recompute this layer's activations in backward instead of storing them.
+                x = torch.utils.checkpoint.checkpoint(layer, x, mask_bias, use_reentrant=False)
+            else:
+                x = layer(x, mask_bias)
+            outputs.append(x)
+        return outputs
+
+
+class BertPooler(nn.Module):
+    def __init__(self, config: BertConfig):
+        super().__init__()
+        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
+
+    def forward(self, sequence_output: Tensor) -> Tensor:
+        """float [B, T, H] -> float [B, H]: tanh(dense(first token))."""
+        return torch.tanh(self.dense(sequence_output[:, 0]))
+
+
+class BertPreTrainedModel(nn.Module):
+    """Shared by every model here: the original's initialisation and gradient checkpointing."""
+
+    config: BertConfig
+
+    def init_weights(self) -> None:
+        """Truncated normal (std = initializer_range, cut at 2 std, like tf.truncated_normal) for
+        every weight matrix and embedding; zeros for biases; LayerNorm to the identity."""
+        std = self.config.initializer_range
+        for module in self.modules():
+            if isinstance(module, (nn.Linear, nn.Embedding)):
+                nn.init.trunc_normal_(module.weight, std=std, a=-2 * std, b=2 * std)
+            if isinstance(module, nn.Linear) and module.bias is not None:
+                nn.init.zeros_(module.bias)
+            elif isinstance(module, nn.LayerNorm):
+                nn.init.ones_(module.weight)
+                nn.init.zeros_(module.bias)
+        for name, param in self.named_parameters():
+            if name.endswith("predictions.bias"):
+                nn.init.zeros_(param)
+
+    def set_gradient_checkpointing(self, enabled: bool = True) -> None:
+        """Trades compute for memory: each encoder layer is recomputed during backward."""
+        for module in self.modules():
+            if isinstance(module, BertEncoder):
+                module.gradient_checkpointing = enabled
+
+
+class BertModel(BertPreTrainedModel):
+    """The BERT encoder: embeddings, L Transformer layers, pooler."""
+
+    def __init__(self, config: BertConfig):
+        super().__init__()
+        self.config = config
+        self.embeddings = BertEmbeddings(config)
+        self.encoder = BertEncoder(config)
+        self.pooler = BertPooler(config)
+        self.init_weights()
+
+    def forward(self, input_ids: Tensor, token_type_ids: Tensor | None = None,
+                attention_mask: Tensor | None = None, output_all_encoded_layers: bool = False) -> BertOutput:
+        """Encodes a batch.
+
+        Args:
+            input_ids: int [B, T] WordPiece ids.
+            token_type_ids: int [B, T] segment ids (0 for sentence A, 1 for B); zeros if None.
+            attention_mask: int [B, T], 1 for real tokens, 0 for padding (the original's input_mask);
+                all ones if None.
+            output_all_encoded_layers: also return every layer's output.
+
+        Returns:
+            BertOutput with sequence_output [B, T, H] and pooled_output [B, H].
+        """
+        if input_ids.shape[1] > self.config.max_position_embeddings:
+            raise ValueError(f"sequence length {input_ids.shape[1]} exceeds max_position_embeddings "
+                             f"{self.config.max_position_embeddings}; truncate inputs to fit")
+        if token_type_ids is None:
+            token_type_ids = torch.zeros_like(input_ids)
+        x = self.embeddings(input_ids, token_type_ids)
+        mask_bias = None
+        if attention_mask is not None:
+            # Like the original: add -10000 to the scores of padding keys. A finite bias (not -inf)
+            # keeps an all-padding row finite, as in TF, and it fits bf16/fp16. [B, 1, 1, T]
+            mask_bias = (1.0 - attention_mask[:, None, None, :].to(x.dtype)) * -10000.0
+        layers = self.encoder(x, mask_bias)
+        return BertOutput(sequence_output=layers[-1], pooled_output=self.pooler(layers[-1]),
+                          all_encoder_layers=layers if output_all_encoded_layers else None)
+
+
+class BertPredictionHeadTransform(nn.Module):
+    def __init__(self, config: BertConfig):
+        super().__init__()
+        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
+        self.act = _ACTIVATIONS[config.hidden_act]
+        self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.LayerNorm(self.act(self.dense(x)))
+
+
+class BertLMPredictionHead(nn.Module):
+    """MLM head: transform, then logits through the word-embedding matrix (tied) plus a bias."""
+
+    def __init__(self, config: BertConfig):
+        super().__init__()
+        self.transform = BertPredictionHeadTransform(config)
+        self.bias = nn.Parameter(torch.zeros(config.vocab_size))
+
+
+class BertPreTrainingHeads(nn.Module):
+    def __init__(self, config: BertConfig):
+        super().__init__()
+        self.predictions = BertLMPredictionHead(config)
+        self.seq_relationship = nn.Linear(config.hidden_size, 2)
+
+
+class BertForPreTraining(BertPreTrainedModel):
+    """BERT with the masked-LM and next-sentence heads of run_pretraining.py."""
+
+    def __init__(self, config: BertConfig):
+        super().__init__()
+        self.config = config
+        self.bert = BertModel(config)
+        self.cls = BertPreTrainingHeads(config)
+        self.init_weights()
+
+    def forward(self, input_ids: Tensor, token_type_ids: Tensor | None = None,
+                attention_mask: Tensor | None = None, masked_lm_positions: Tensor | None = None,
+                masked_lm_ids: Tensor | None = None, masked_lm_weights: Tensor | None = None,
+                next_sentence_labels: Tensor | None = None) -> PreTrainingOutput:
+        """Runs BERT and both pretraining heads.
+
+        Args:
+            input_ids, token_type_ids, attention_mask: as in BertModel, [B, T].
+            masked_lm_positions: int [B, P] positions to predict. Vocabulary logits are computed
+                only there (as the original does): the V-wide matmul is the costliest part of a
+                small BERT, and P is ~15% of T.
+            masked_lm_ids: int [B, P] the original tokens at those positions.
+            masked_lm_weights: float [B, P], 1 for real predictions, 0 for padding slots.
+            next_sentence_labels: int [B] or [B, 1], 0 = "B follows A", 1 = random B.
+
+        Returns:
+            PreTrainingOutput: masked_lm_log_probs [B * P, V], next_sentence_log_probs [B, 2], and
+            the losses (their sum in `loss`) when the labels are given.
+        """
+        bert = self.bert(input_ids, token_type_ids, attention_mask)
+        if masked_lm_positions is None:
+            masked_lm_positions = torch.zeros(input_ids.shape[0], 0, dtype=torch.long, device=input_ids.device)
+        b, p = masked_lm_positions.shape
+        h = bert.sequence_output.shape[-1]
+        gathered = bert.sequence_output.gather(
+            1, masked_lm_positions.long()[:, :, None].expand(b, p, h)).reshape(b * p, h)
+        head = self.cls.predictions
+        logits = F.linear(head.transform(gathered), self.bert.embeddings.word_embeddings.weight, head.bias)
+        mlm_log_probs = F.log_softmax(logits.float(), dim=-1)
+        nsp_log_probs = F.log_softmax(self.cls.seq_relationship(bert.pooled_output).float(), dim=-1)
+        out = PreTrainingOutput(mlm_log_probs, nsp_log_probs, bert=bert)
+        if masked_lm_ids is not None:
+            weights = (torch.ones(b, p, device=logits.device) if masked_lm_weights is None
+                       else masked_lm_weights.float()).reshape(-1)
+            per_example = -mlm_log_probs.gather(1, masked_lm_ids.reshape(-1, 1).long()).squeeze(1)
+            # The original's weighted mean, with its +1e-5 so an all-padding batch gives 0, not NaN.
+            out.masked_lm_loss = (weights * per_example).sum() / (weights.sum() + 1e-5)
+            out.loss = out.masked_lm_loss
+        if next_sentence_labels is not None:
+            out.next_sentence_loss = F.nll_loss(nsp_log_probs, next_sentence_labels.reshape(-1).long())
+            out.loss = out.next_sentence_loss if out.loss is None else out.loss + out.next_sentence_loss
+        return out
+
+
+class BertForSequenceClassification(BertPreTrainedModel):
+    """run_classifier.py's head: dropout on the pooled output, then one dense layer.
+
+    num_labels == 1 makes it a regressor (STS-B) trained with mean squared error.
+    """
+
+    def __init__(self, config: BertConfig, num_labels: int = 2):
+        super().__init__()
+        if num_labels < 1:
+            raise ValueError(f"num_labels must be >= 1 (1 = regression), got {num_labels}")
+        self.config = config
+        self.num_labels = num_labels
+        self.bert = BertModel(config)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+        self.classifier = nn.Linear(config.hidden_size, num_labels)
+        self.init_weights()
+
+    def forward(self, input_ids: Tensor, token_type_ids: Tensor | None = None,
+                attention_mask: Tensor | None = None, labels: Tensor | None = None) -> TaskOutput:
+        """Returns logits float [B, num_labels] (or [B] for regression) and, given labels
+        (int [B], or float [B] for regression), the loss."""
+        bert = self.bert(input_ids, token_type_ids, attention_mask)
+        logits = self.classifier(self.dropout(bert.pooled_output))
+        if self.num_labels == 1:
+            logits = logits.squeeze(-1)
+        loss = None
+        if labels is not None:
+            loss = (F.mse_loss(logits.float(), labels.float()) if self.num_labels == 1
+                    else F.cross_entropy(logits.float(), labels.long()))
+        return TaskOutput(logits, loss, bert)
+
+
+class BertForQuestionAnswering(BertPreTrainedModel):
+    """run_squad.py's head: one dense layer giving start and end logits per token."""
+
+    def __init__(self, config: BertConfig):
+        super().__init__()
+        self.config = config
+        self.bert = BertModel(config)
+        self.qa_outputs = nn.Linear(config.hidden_size, 2)
+        self.init_weights()
+
+    def forward(self, input_ids: Tensor, token_type_ids: Tensor | None = None,
+                attention_mask: Tensor | None = None, start_positions: Tensor | None = None,
+                end_positions: Tensor | None = None) -> TaskOutput:
+        """Returns logits float [B, T, 2] (start, end) and, given int [B] positions, the mean
+        of the start and end cross-entropies (as the original)."""
+        bert = self.bert(input_ids, token_type_ids, attention_mask)
+        logits = self.qa_outputs(bert.sequence_output)
+        loss = None
+        if start_positions is not None and end_positions is not None:
+            start, end = logits.float().unbind(-1)
+            loss = (F.cross_entropy(start, start_positions.long())
+                    + F.cross_entropy(end, end_positions.long())) / 2
+        return TaskOutput(logits, loss, bert)
+
+
+class BertForTokenClassification(BertPreTrainedModel):
+    """Per-token tagging (NER): dropout, then one dense layer on every token."""
+
+    def __init__(self, config: BertConfig, num_labels: int):
+        super().__init__()
+        self.config = config
+        self.num_labels = num_labels
+        self.bert = BertModel(config)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+        self.classifier = nn.Linear(config.hidden_size, num_labels)
+        self.init_weights()
+
+    def forward(self, input_ids: Tensor, token_type_ids: Tensor | None = None,
+                attention_mask: Tensor | None = None, labels: Tensor | None = None) -> TaskOutput:
+        """Returns logits float [B, T, num_labels] and, given int [B, T] labels, the cross-entropy
+        over real tokens (attention_mask 1) whose label is not -100."""
+        bert = self.bert(input_ids, token_type_ids, attention_mask)
+        logits = self.classifier(self.dropout(bert.sequence_output))
+        loss = None
+        if labels is not None:
+            labels = labels.long()
+            if attention_mask is not None:
+                labels = labels.masked_fill(attention_mask == 0, -100)
+            loss = F.cross_entropy(logits.float().reshape(-1, self.num_labels), labels.reshape(-1),
+                                   ignore_index=-100)
+        return TaskOutput(logits, loss, bert)
+
+
+def count_parameters(model: nn.Module, exclude_embeddings: bool = False) -> int:
+    """Number of parameters; with exclude_embeddings, those of the embedding tables left out
+    (the N of the 6N FLOPs-per-token estimate)."""
+    total = sum(p.numel() for p in model.parameters())
+    if exclude_embeddings:
+        total -= sum(m.weight.numel() for m in model.modules() if isinstance(m, nn.Embedding))
+    return total
+

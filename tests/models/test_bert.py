@@ -1,0 +1,161 @@
+"""The model itself: shapes, masking, heads and losses, initialisation, gradient checkpointing,
+and the rule that models/ imports nothing distributed."""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from models import (BertConfig, BertForPreTraining, BertForQuestionAnswering, BertForSequenceClassification,
+                    BertForTokenClassification, BertModel)
+
+# The original BERT tester's sizes: batch 13, seq 7, vocab 99, hidden 32, intermediate 37.
+B, T, V = 13, 7, 99
+CONFIG = BertConfig(vocab_size=V, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                    intermediate_size=37, max_position_embeddings=64)
+
+
+def _inputs(seed: int = 0) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    mask = torch.ones(B, T, dtype=torch.long)
+    mask[::2, 5:] = 0
+    return {"input_ids": torch.randint(0, V, (B, T), generator=g),
+            "token_type_ids": torch.randint(0, 2, (B, T), generator=g), "attention_mask": mask}
+
+
+def test_bert_model_shapes_and_layers():
+    model = BertModel(CONFIG).eval()
+    out = model(**_inputs(), output_all_encoded_layers=True)
+    assert out.sequence_output.shape == (B, T, 32) and out.pooled_output.shape == (B, 32)
+    assert len(out.all_encoder_layers) == 2
+    assert torch.equal(out.all_encoder_layers[-1], out.sequence_output)
+    assert model(_inputs()["input_ids"]).all_encoder_layers is None
+
+
+def test_padding_does_not_change_real_tokens():
+    model = BertModel(CONFIG).eval()
+    inputs = _inputs()
+    short = {k: v[:, :5] for k, v in inputs.items()}
+    padded = dict(short, input_ids=torch.cat([short["input_ids"], torch.randint(0, V, (B, 3))], 1),
+                  token_type_ids=torch.cat([short["token_type_ids"], torch.zeros(B, 3, dtype=torch.long)], 1),
+                  attention_mask=torch.cat([torch.ones(B, 5, dtype=torch.long), torch.zeros(B, 3, dtype=torch.long)], 1))
+    with torch.no_grad():
+        a = model(**dict(short, attention_mask=torch.ones(B, 5, dtype=torch.long))).sequence_output
+        b = model(**padded).sequence_output[:, :5]
+    torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+
+
+def test_too_long_input_is_refused():
+    with pytest.raises(ValueError, match="max_position_embeddings"):
+        BertModel(CONFIG)(torch.zeros(1, 65, dtype=torch.long))
+
+
+def test_pretraining_losses_follow_the_original():
+    torch.manual_seed(0)
+    model = BertForPreTraining(CONFIG).eval()
+    positions = torch.randint(0, T, (B, 3))
+    ids = torch.randint(0, V, (B, 3))
+    weights = torch.tensor([[1.0, 1.0, 0.0]]).repeat(B, 1)
+    labels = torch.randint(0, 2, (B, 1))
+    out = model(**_inputs(), masked_lm_positions=positions, masked_lm_ids=ids, masked_lm_weights=weights,
+                next_sentence_labels=labels)
+    assert out.masked_lm_log_probs.shape == (B * 3, V) and out.next_sentence_log_probs.shape == (B, 2)
+    per = -out.masked_lm_log_probs[torch.arange(B * 3), ids.reshape(-1)]
+    expected_mlm = (per * weights.reshape(-1)).sum() / (weights.sum() + 1e-5)
+    expected_nsp = -out.next_sentence_log_probs[torch.arange(B), labels.reshape(-1)].mean()
+    torch.testing.assert_close(out.masked_lm_loss, expected_mlm)
+    torch.testing.assert_close(out.loss, expected_mlm + expected_nsp)
+    # Logits are only computed at the masked positions, through the tied embedding matrix.
+    seq = out.bert.sequence_output[torch.arange(B)[:, None], positions].reshape(-1, 32)
+    logits = model.cls.predictions.transform(seq) @ model.bert.embeddings.word_embeddings.weight.T
+    torch.testing.assert_close(out.masked_lm_log_probs, torch.log_softmax(logits + model.cls.predictions.bias, -1))
+    assert model(**_inputs(), masked_lm_positions=positions).loss is None
+
+
+def test_decoder_is_tied_to_word_embeddings():
+    model = BertForPreTraining(CONFIG)
+    names = dict(model.named_parameters())
+    assert not any("decoder" in n for n in names)
+    out = model(**_inputs(), masked_lm_positions=torch.zeros(B, 2, dtype=torch.long),
+                masked_lm_ids=torch.zeros(B, 2, dtype=torch.long))
+    out.loss.backward()
+    assert model.bert.embeddings.word_embeddings.weight.grad[0].abs().sum() > 0
+
+
+def test_fine_tuning_heads():
+    inputs = _inputs()
+    cls = BertForSequenceClassification(CONFIG, num_labels=3).eval()
+    out = cls(**inputs, labels=torch.randint(0, 3, (B,)))
+    assert out.logits.shape == (B, 3) and out.loss > 0
+    reg = BertForSequenceClassification(CONFIG, num_labels=1).eval()
+    target = torch.rand(B) * 5
+    out = reg(**inputs, labels=target)
+    assert out.logits.shape == (B,)
+    torch.testing.assert_close(out.loss, ((out.logits - target) ** 2).mean())
+    qa = BertForQuestionAnswering(CONFIG).eval()
+    out = qa(**inputs, start_positions=torch.zeros(B, dtype=torch.long), end_positions=torch.ones(B, dtype=torch.long))
+    assert out.logits.shape == (B, T, 2) and out.loss > 0
+    tok = BertForTokenClassification(CONFIG, num_labels=5).eval()
+    labels = torch.randint(0, 5, (B, T))
+    out = tok(**inputs, labels=labels)
+    keep = inputs["attention_mask"].bool()
+    expected = torch.nn.functional.cross_entropy(out.logits[keep], labels[keep])
+    torch.testing.assert_close(out.loss, expected)
+
+
+def test_initialisation_is_truncated_normal():
+    config = BertConfig(vocab_size=500, hidden_size=64, num_hidden_layers=1, num_attention_heads=4,
+                        intermediate_size=256, initializer_range=0.02)
+    model = BertForPreTraining(config)
+    w = model.bert.embeddings.word_embeddings.weight
+    assert w.abs().max() <= 0.04 + 1e-7
+    assert 0.012 < w.std() < 0.02  # a normal truncated at 2 std has std 0.88 * 0.02
+    assert torch.all(model.bert.encoder.layer[0].output.dense.bias == 0)
+    assert torch.all(model.cls.predictions.bias == 0)
+    assert torch.all(model.bert.encoder.layer[0].output.LayerNorm.weight == 1)
+
+
+def test_gradient_checkpointing_gives_the_same_gradients():
+    torch.manual_seed(0)
+    config = BertConfig(**{**CONFIG.__dict__, "hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0})
+    model = BertForPreTraining(config).train()
+    args = dict(_inputs(), masked_lm_positions=torch.ones(B, 2, dtype=torch.long),
+                masked_lm_ids=torch.ones(B, 2, dtype=torch.long), next_sentence_labels=torch.zeros(B, dtype=torch.long))
+    model(**args).loss.backward()
+    plain = {n: p.grad.clone() for n, p in model.named_parameters()}
+    model.zero_grad()
+    model.set_gradient_checkpointing(True)
+    assert model.bert.encoder.gradient_checkpointing
+    model(**args).loss.backward()
+    for name, param in model.named_parameters():
+        torch.testing.assert_close(param.grad, plain[name], msg=name)
+
+
+def test_dropout_is_active_only_in_training():
+    model = BertModel(CONFIG)
+    inputs = _inputs()
+    model.train()
+    assert not torch.equal(model(**inputs).sequence_output, model(**inputs).sequence_output)
+    model.eval()
+    assert torch.equal(model(**inputs).sequence_output, model(**inputs).sequence_output)
+
+
+def test_models_package_imports_nothing_distributed():
+    forbidden = {"ray", "deepspeed", "torch_xla", "fsspec", "wandb", "gcsfs", "s3fs", "torch.distributed"}
+    root = Path(__file__).resolve().parents[2] / "models"
+    for path in root.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                     else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            for name in names:
+                assert not any(name == f or name.startswith(f + ".") for f in forbidden), f"{path.name} imports {name}"
+    # And at run time: loading every module pulls none of them in.
+    code = ("import sys, models.bert, models.checkpoints, models.tokenization, models.config;"
+            "bad = [m for m in ('ray', 'deepspeed', 'torch_xla', 'fsspec', 'wandb') if m in sys.modules];"
+            "assert not bad, bad")
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=root.parent)
