@@ -35,6 +35,53 @@ def _fail(message: str) -> None:
     raise typer.Exit(2)
 
 
+def _load_spec(spec_file: Path, overrides: list[str] | None):
+    from jobs.spec import SpecError, load_spec
+
+    try:
+        return load_spec(spec_file, overrides)
+    except SpecError as err:
+        _fail(str(err))
+
+
+@app.command()
+def run(
+    spec_file: Annotated[Path, typer.Argument(help="Job spec (YAML).")],
+    overrides: Annotated[Optional[list[str]], typer.Option("--set", help="section.key=value, type-checked "
+                                                           "against the schema (repeatable).")] = None,
+) -> None:
+    """Runs a job in this process (no cluster needed); resumes from its newest checkpoint if any."""
+    import logging
+
+    from jobs.runner import run_job
+    from jobs.spec import SpecError
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    spec = _load_spec(spec_file, overrides)
+    try:
+        metrics = run_job(spec)
+    except (SpecError, FileNotFoundError) as err:
+        _fail(str(err))
+    typer.echo(json.dumps(metrics, indent=2, default=str))
+
+
+@app.command()
+def validate(
+    spec_file: Annotated[Path, typer.Argument(help="Job spec (YAML).")],
+    overrides: Annotated[Optional[list[str]], typer.Option("--set")] = None,
+) -> None:
+    """Validates a job spec and prints it resolved, with every default filled."""
+    typer.echo(_load_spec(spec_file, overrides).to_json())
+
+
+@app.command()
+def schema() -> None:
+    """Prints the JSON Schema of job specs."""
+    from jobs.spec import json_schema
+
+    typer.echo(json.dumps(json_schema(), indent=2))
+
+
 @app.command()
 def encode(
     texts: Annotated[Optional[list[str]], typer.Argument(help="Sentences to encode (or use --input).")] = None,

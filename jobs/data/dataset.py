@@ -228,12 +228,73 @@ class ResumableLoader:
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
         self.dataset.cursor = dataclasses.replace(self._cursor)
+        # Its own generator: creating the iterator must not draw from the global torch RNG, or a
+        # resumed run's dropout masks would differ from an uninterrupted run's.
         loader = DataLoader(self.dataset, batch_size=None, num_workers=self.num_workers,
-                            prefetch_factor=self.prefetch_factor)
+                            prefetch_factor=self.prefetch_factor, generator=torch.Generator().manual_seed(0))
         for batch in loader:
             cursor = batch.pop("cursor")
             self._cursor = StreamCursor(int(cursor["epoch"]), int(cursor["offset"]))
             yield batch
+
+    def state_dict(self) -> dict[str, int]:
+        return dataclasses.asdict(self._cursor)
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self._cursor = StreamCursor(int(state["epoch"]), int(state["offset"]))
+
+
+class ArrayLoader:
+    """Seeded, resumable batches over in-memory arrays (fine-tuning data).
+
+    Epoch e visits the examples in a permutation seeded by (seed, e); the cursor is (epoch,
+    offset). Training drops each epoch's last partial batch, as the original's drop_remainder.
+
+    Args:
+        arrays: name -> array [N, ...]; every array has the same N.
+        batch_size: examples per batch.
+        seed: seeds the per-epoch permutations.
+        shuffle: permute (training) or keep the order (eval / predict).
+        repeat: endless epochs (training) or one pass.
+        drop_last: drop a last partial batch.
+    """
+
+    def __init__(self, arrays: dict[str, np.ndarray], batch_size: int, seed: int = 0, shuffle: bool = True,
+                 repeat: bool = True, drop_last: bool = True):
+        sizes = {len(a) for a in arrays.values()}
+        if len(sizes) != 1:
+            raise ValueError(f"arrays of different lengths: { {k: len(a) for k, a in arrays.items()} }")
+        self.arrays = arrays
+        self.num_examples = sizes.pop()
+        if self.num_examples == 0 or (drop_last and self.num_examples < batch_size):
+            raise ValueError(f"{self.num_examples} examples cannot fill one batch of {batch_size}; "
+                             "lower the batch size or add data")
+        self.batch_size = batch_size
+        self.seed = seed
+        self.shuffle = shuffle
+        self.repeat = repeat
+        self.drop_last = drop_last
+        self._cursor = StreamCursor()
+
+    def __len__(self) -> int:
+        full, rest = divmod(self.num_examples, self.batch_size)
+        return full + (1 if rest and not self.drop_last else 0)
+
+    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
+        epoch, offset = self._cursor.epoch, self._cursor.offset
+        while True:
+            order = (np.random.default_rng([self.seed, epoch]).permutation(self.num_examples) if self.shuffle
+                     else np.arange(self.num_examples))
+            for start in range(offset, self.num_examples, self.batch_size):
+                index = order[start:start + self.batch_size]
+                if len(index) < self.batch_size and self.drop_last:
+                    break
+                self._cursor = StreamCursor(epoch, start + len(index))
+                yield {name: torch.from_numpy(array[index]) for name, array in self.arrays.items()}
+            if not self.repeat:
+                return
+            epoch, offset = epoch + 1, 0
+            self._cursor = StreamCursor(epoch, 0)
 
     def state_dict(self) -> dict[str, int]:
         return dataclasses.asdict(self._cursor)

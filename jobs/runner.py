@@ -1,0 +1,23 @@
+"""Runs one job in this process: the resolved spec is written beside the run, then the task runs."""
+
+from __future__ import annotations
+
+import importlib
+import logging
+from collections.abc import Callable
+
+from jobs.spec import JobSpec
+from jobs.tasks.base import write_text
+
+log = logging.getLogger("bertfleet")
+
+TASKS = {"pretrain": "jobs.tasks.pretrain", "classify": "jobs.tasks.classify", "squad": "jobs.tasks.squad",
+         "features": "jobs.tasks.features", "distill": "jobs.tasks.distill"}
+
+
+def run_job(spec: JobSpec, should_stop: Callable[[], bool] | None = None) -> dict:
+    """Writes `spec.json` to the output directory and runs the task; returns its metrics."""
+    write_text(f"{spec.output.output_dir.rstrip('/')}/spec.json", spec.to_json())
+    task = importlib.import_module(TASKS[spec.kind])
+    log.info("running %s job %s -> %s", spec.kind, spec.name or "", spec.output.output_dir)
+    return task.run(spec, should_stop=should_stop)

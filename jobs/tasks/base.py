@@ -1,0 +1,125 @@
+"""What every task shares: the model the spec describes, the device, seeding, the run directory
+and the original's result files."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import random
+from pathlib import Path
+
+import fsspec
+import numpy as np
+import torch
+
+from jobs.spec import JobSpec, SpecError
+from models.bert import BertPreTrainedModel
+from models.checkpoints import CheckpointError, check_vocab_size, detect_format, load_pretrained
+from models.config import BertConfig, ConfigError
+from models.tokenization import FullTokenizer
+
+log = logging.getLogger("bertfleet")
+
+
+def device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def seed_everything(seed: int, deterministic: bool = False) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    if deterministic:
+        torch.use_deterministic_algorithms(True)
+
+
+def resolve_config(spec: JobSpec) -> BertConfig:
+    """The BertConfig from bert_config_file, the init_checkpoint's config, or a named size."""
+    model = spec.model
+    try:
+        if model.bert_config_file:
+            config = BertConfig.from_json(model.bert_config_file)
+        elif model.init_checkpoint:
+            config = BertConfig.from_json(detect_format(model.init_checkpoint)[1])
+        else:
+            vocab_size = _count_lines(model.vocab_file) if model.vocab_file else 30522
+            config = BertConfig.named(model.size or "base", vocab_size=vocab_size)
+    except (ConfigError, CheckpointError) as err:
+        raise SpecError(f"model: {err}") from None
+    overrides = {k: v for k, v in (("hidden_dropout_prob", model.hidden_dropout_prob),
+                                   ("attention_probs_dropout_prob", model.attention_probs_dropout_prob)) if v is not None}
+    config = dataclasses.replace(config, **overrides)
+    if spec.data.max_seq_length > config.max_position_embeddings:
+        raise SpecError(f"data.max_seq_length {spec.data.max_seq_length} is above the model's "
+                        f"max_position_embeddings {config.max_position_embeddings}; lower it")
+    return config
+
+
+def vocab_file(spec: JobSpec) -> str:
+    """The spec's vocab file, or vocab.txt beside init_checkpoint."""
+    if spec.model.vocab_file:
+        return spec.model.vocab_file
+    if spec.model.init_checkpoint:
+        path = Path(spec.model.init_checkpoint)
+        candidate = (path if path.is_dir() else path.parent) / "vocab.txt"
+        if candidate.is_file():
+            return str(candidate)
+    raise SpecError("model.vocab_file: required (no vocab.txt beside init_checkpoint)")
+
+
+def build_tokenizer(spec: JobSpec, config: BertConfig) -> FullTokenizer:
+    path = vocab_file(spec)
+    try:
+        check_vocab_size(path, config)
+        return FullTokenizer(path, do_lower_case=spec.model.do_lower_case)
+    except (CheckpointError, FileNotFoundError, ValueError) as err:
+        raise SpecError(f"model.vocab_file: {err}") from None
+
+
+def build_model(spec: JobSpec, config: BertConfig, head: str, num_labels: int = 2) -> BertPreTrainedModel:
+    """A model of `config` with the task's head: fresh, or holding the init_checkpoint's weights.
+
+    Raises:
+        SpecError: an unreadable init_checkpoint, or one whose shapes differ from `config`.
+    """
+    from models import bert
+
+    classes = {"pretraining": bert.BertForPreTraining, "classification": bert.BertForSequenceClassification,
+               "question_answering": bert.BertForQuestionAnswering, "model": bert.BertModel}
+    cls = classes[head]
+    model = cls(config, num_labels) if head == "classification" else cls(config)
+    if spec.model.init_checkpoint:
+        try:
+            loaded = load_pretrained(spec.model.init_checkpoint, head=head, num_labels=num_labels)  # type: ignore[arg-type]
+        except (CheckpointError, ConfigError) as err:
+            raise SpecError(f"model.init_checkpoint: {err}") from None
+        shape_keys = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
+                      "max_position_embeddings", "type_vocab_size", "hidden_act")
+        diff = {k: (getattr(loaded.config, k), getattr(config, k)) for k in shape_keys
+                if getattr(loaded.config, k) != getattr(config, k)}
+        if diff:
+            raise SpecError(f"model.init_checkpoint {spec.model.init_checkpoint} does not match the model config "
+                            f"(checkpoint vs config: {diff}); use the bert_config_file that came with it")
+        model.load_state_dict(loaded.state_dict())
+    if spec.model.gradient_checkpointing:
+        model.set_gradient_checkpointing(True)
+    return model.to(device())
+
+
+def write_text(url: str, text: str) -> None:
+    fs, path = fsspec.core.url_to_fs(url)
+    fs.makedirs(str(Path(path).parent), exist_ok=True)
+    with fs.open(path, "w") as f:
+        f.write(text)
+
+
+def write_eval_results(output_dir: str, metrics: dict[str, float]) -> str:
+    """The original's eval_results.txt: `key = value` lines, sorted by key."""
+    url = f"{output_dir.rstrip('/')}/eval_results.txt"
+    write_text(url, "".join(f"{key} = {metrics[key]}\n" for key in sorted(metrics)))
+    return url
+
+
+def _count_lines(path: str) -> int:
+    with fsspec.open(path, "r", encoding="utf-8") as f:
+        return sum(1 for _ in f)
