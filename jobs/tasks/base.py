@@ -9,6 +9,7 @@ import random
 from pathlib import Path
 
 import fsspec
+from fsspec.implementations.local import LocalFileSystem
 import numpy as np
 import torch
 
@@ -106,17 +107,28 @@ def build_model(spec: JobSpec, config: BertConfig, head: str, num_labels: int = 
     return model.to(device())
 
 
-def write_text(url: str, text: str) -> None:
+def export_model(spec: JobSpec, model: BertPreTrainedModel, tokenizer: FullTokenizer | None) -> str | None:
+    """Writes the final model as a Hugging Face directory (`output_dir/export`, with vocab.txt), the
+    input of `load_pretrained`, a later job's init_checkpoint and transformers' from_pretrained."""
+    if not spec.output.export_hf:
+        return None
+    from models.checkpoints import write_hf_directory
+
+    url = f"{spec.output.output_dir.rstrip('/')}/export"
     fs, path = fsspec.core.url_to_fs(url)
-    fs.makedirs(str(Path(path).parent), exist_ok=True)
-    with fs.open(path, "w") as f:
-        f.write(text)
+    fs.makedirs(path, exist_ok=True)
+    # write_hf_directory writes local files; for remote outputs, write locally and upload.
+    if isinstance(fs, LocalFileSystem):
+        write_hf_directory(model, path)
+    else:
+        import tempfile
 
-
-def write_eval_results(output_dir: str, metrics: dict[str, float]) -> str:
-    """The original's eval_results.txt: `key = value` lines, sorted by key."""
-    url = f"{output_dir.rstrip('/')}/eval_results.txt"
-    write_text(url, "".join(f"{key} = {metrics[key]}\n" for key in sorted(metrics)))
+        with tempfile.TemporaryDirectory() as tmp:
+            write_hf_directory(model, tmp)
+            fs.put(f"{tmp}/", path, recursive=True)
+    if tokenizer is not None:
+        with fs.open(f"{path}/vocab.txt", "wb") as f:
+            f.write(tokenizer.vocab_file.read_bytes())
     return url
 
 

@@ -15,7 +15,8 @@ from jobs.data.dataset import (DynamicMasker, PretrainingBatches, RecordStream, 
                                pretraining_features)
 from jobs.data.pretraining import PretrainingDataConfig
 from jobs.spec import JobSpec, SpecError
-from jobs.tasks.base import build_model, build_tokenizer, resolve_config, seed_everything, write_eval_results
+from jobs.results import write_eval_results
+from jobs.tasks.base import build_model, build_tokenizer, export_model, resolve_config, seed_everything
 from jobs.trainer import Trainer
 from models.bert import BertForPreTraining
 
@@ -121,12 +122,6 @@ def run(spec: JobSpec, should_stop: Callable[[], bool] | None = None, rank: int 
     if metrics:
         metrics["global_step"] = global_step
         write_eval_results(spec.output.output_dir, metrics)
-    _export(spec, model)
+    export_model(spec, model, build_tokenizer(spec, config) if spec.model.vocab_file else None)
     return metrics
 
-
-def _export(spec: JobSpec, model) -> None:
-    if spec.output.export_hf and "://" not in spec.output.output_dir:
-        from models.checkpoints import write_hf_directory
-
-        write_hf_directory(model, f"{spec.output.output_dir.rstrip('/')}/export")
