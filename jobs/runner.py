@@ -7,7 +7,7 @@ import logging
 from collections.abc import Callable
 
 from jobs.spec import JobSpec
-from jobs.tasks.base import write_text
+from jobs.results import write_text
 
 log = logging.getLogger("bertfleet")
 
