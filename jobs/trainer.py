@@ -92,6 +92,7 @@ class Trainer:
         self.store = CheckpointStore(spec.output.output_dir, keep=spec.output.keep_checkpoints)
         self.global_step = 0
         self.resumed_from: int | None = None
+        self._last_eval: tuple[int, dict[str, float]] | None = None
         self.logger = logger or MetricsLogger(spec, spec.output.output_dir)
         self.device = next(model.parameters()).device
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=spec.training.precision == "fp16")
@@ -187,13 +188,17 @@ class Trainer:
         return TrainResult(self.global_step, last_loss, self.resumed_from, time.perf_counter() - start)
 
     def evaluate(self) -> dict[str, float]:
+        """Runs eval_fn once per step: a second call at the same step returns the same metrics."""
         assert self.eval_fn is not None, "evaluate() needs an eval_fn"
+        if self._last_eval is not None and self._last_eval[0] == self.global_step:
+            return self._last_eval[1]
         self.model.eval()
         with torch.no_grad(), self._autocast():
             metrics = self.eval_fn(self.model, self.global_step)
         self.model.train()
         self.logger.log({f"eval/{k}": v for k, v in metrics.items() if isinstance(v, (int, float))},
                         self.global_step)
+        self._last_eval = (self.global_step, metrics)
         return metrics
 
     def _log_progress(self, loss: float, grad_norm: float, examples_per_s: float, tokens_per_s: float) -> None:
