@@ -74,21 +74,38 @@ class CheckpointStore:
         steps = self.committed_steps()
         return steps[-1] if steps else None
 
-    def save(self, step: int, state: dict[str, Any], spec_json: str) -> str:
-        """Writes and commits the checkpoint of `step`, then prunes old ones. Returns its URL."""
+    def directory(self, step: int) -> str:
+        return self._dir(step)
+
+    def begin(self, step: int) -> str:
+        """Makes an empty, uncommitted directory for `step` (clearing a leftover attempt)."""
         directory = self._dir(step)
         if self.fs.exists(directory):
-            self.fs.rm(directory, recursive=True)  # a leftover uncommitted attempt
+            self.fs.rm(directory, recursive=True)
         self.fs.makedirs(directory, exist_ok=True)
+        return directory
+
+    def write(self, directory: str, state: dict[str, Any], spec_json: str) -> None:
+        """Writes rank 0's state.pt and spec.json into an uncommitted directory."""
         buffer = io.BytesIO()
         torch.save(state, buffer)
         with self.fs.open(f"{directory}/state.pt", "wb") as f:
             f.write(buffer.getvalue())
         with self.fs.open(f"{directory}/spec.json", "w") as f:
             f.write(spec_json)
+
+    def commit(self, directory: str, step: int) -> None:
+        """Publishes the checkpoint (the marker, written after every other file is closed), then
+        prunes old ones."""
         with self.fs.open(f"{directory}/{MARKER}", "w") as f:
             f.write(f"{step}\n")
         self._prune()
+
+    def save(self, step: int, state: dict[str, Any], spec_json: str) -> str:
+        """begin + write + commit, for one process. Returns the checkpoint's directory."""
+        directory = self.begin(step)
+        self.write(directory, state, spec_json)
+        self.commit(directory, step)
         return directory
 
     def load(self, step: int | None = None) -> dict[str, Any] | None:

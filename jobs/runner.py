@@ -6,6 +6,7 @@ import importlib
 import logging
 from collections.abc import Callable
 
+from jobs.backends import LocalBackend
 from jobs.spec import JobSpec
 from jobs.results import write_text
 
@@ -15,9 +16,19 @@ TASKS = {"pretrain": "jobs.tasks.pretrain", "classify": "jobs.tasks.classify", "
          "features": "jobs.tasks.features", "distill": "jobs.tasks.distill"}
 
 
-def run_job(spec: JobSpec, should_stop: Callable[[], bool] | None = None) -> dict:
-    """Writes `spec.json` to the output directory and runs the task; returns its metrics."""
-    write_text(f"{spec.output.output_dir.rstrip('/')}/spec.json", spec.to_json())
+def run_job(spec: JobSpec, should_stop: Callable[[], bool] | None = None,
+            backend: LocalBackend | None = None) -> dict:
+    """Writes `spec.json` to the output directory and runs the task on this worker; returns its
+    metrics (the same on every worker).
+
+    Args:
+        spec: the resolved job.
+        should_stop: polled after each step; True checkpoints and stops (preemption).
+        backend: this worker's backend; default one local process.
+    """
+    backend = backend or LocalBackend()
+    if backend.is_main:
+        write_text(f"{spec.output.output_dir.rstrip('/')}/spec.json", spec.to_json())
+        log.info("running %s job %s -> %s", spec.kind, spec.name or "", spec.output.output_dir)
     task = importlib.import_module(TASKS[spec.kind])
-    log.info("running %s job %s -> %s", spec.kind, spec.name or "", spec.output.output_dir)
-    return task.run(spec, should_stop=should_stop)
+    return task.run(spec, should_stop=should_stop, backend=backend)

@@ -75,7 +75,8 @@ class TrainingSpec(_Section):
     do_eval: bool = True
     do_predict: bool = False
     train_batch_size: int = Field(32, gt=0, description="global batch per optimizer step")
-    gradient_accumulation_steps: int = Field(1, gt=0)
+    micro_batch_size: int | None = Field(None, gt=0, description="examples per worker per forward pass")
+    gradient_accumulation_steps: int | None = Field(None, gt=0)
     eval_batch_size: int = Field(8, gt=0)
     predict_batch_size: int = Field(8, gt=0)
     learning_rate: float = Field(5e-5, gt=0.0)
@@ -93,16 +94,78 @@ class TrainingSpec(_Section):
     log_every_steps: int = Field(10, gt=0)
     deterministic: bool = False
 
+    def resolve_batch(self, data_parallel_size: int) -> tuple[int, int]:
+        """(micro_batch_size, gradient_accumulation_steps) from global = micro x accumulation x
+        data-parallel size: given two of the three, the third is derived (both unset: accumulation 1).
+
+        Raises:
+            ValueError: the numbers do not multiply out; the message shows the arithmetic.
+        """
+        glob, micro, accum, dp = self.train_batch_size, self.micro_batch_size, self.gradient_accumulation_steps, data_parallel_size
+        if micro is None and accum is None:
+            accum = 1
+        if micro is None:
+            assert accum is not None
+            micro, rest = divmod(glob, accum * dp)
+            if rest or micro == 0:
+                raise ValueError(f"train_batch_size {glob} is not divisible by gradient_accumulation_steps {accum} "
+                                 f"x data-parallel size {dp} = {accum * dp}; choose a multiple of {accum * dp}")
+        elif accum is None:
+            accum, rest = divmod(glob, micro * dp)
+            if rest or accum == 0:
+                raise ValueError(f"train_batch_size {glob} is not divisible by micro_batch_size {micro} x "
+                                 f"data-parallel size {dp} = {micro * dp}; choose a multiple of {micro * dp}")
+        elif micro * accum * dp != glob:
+            raise ValueError(f"micro_batch_size {micro} x gradient_accumulation_steps {accum} x data-parallel "
+                             f"size {dp} = {micro * accum * dp}, not train_batch_size {glob}; set two of the three")
+        return micro, accum
+
+
+class DeepSpeedSpec(_Section):
+    """DeepSpeed settings (backend: deepspeed)."""
+
+    zero_stage: Literal[0, 1, 2, 3] = 2
+    offload_optimizer: bool = False
+    offload_parameters: bool = False
+    overlap_comm: bool = True
+    config_override: dict[str, Any] = Field(default_factory=dict, description="merged into the generated "
+                                            "DeepSpeed config, for settings this spec does not name")
+
+
+class XlaSpec(_Section):
+    """torch-xla settings (backend: xla)."""
+
+    pjrt_device: Literal["TPU", "CPU", "CUDA"] = "TPU"
+    spmd: bool = False
+    compile_cache_dir: str | None = None
+
+
+class ResourcesSpec(_Section):
+    """Where the job runs: how many hosts and devices, and which backend wraps the model."""
+
+    accelerator: Literal["cpu", "gpu", "tpu"] = "cpu"
+    accelerator_type: str | None = Field(None, description="e.g. H100, A100, v5p (matches node labels)")
+    num_hosts: int = Field(1, gt=0)
+    devices_per_host: int = Field(1, gt=0, description="workers per host (GPUs, or CPU processes); a TPU host "
+                                  "runs one worker driving all its chips")
+    backend: Literal["local", "ddp", "deepspeed", "xla"] = "local"
+    deepspeed: DeepSpeedSpec = Field(default_factory=DeepSpeedSpec)
+    xla: XlaSpec = Field(default_factory=XlaSpec)
+    max_failures: int = Field(3, ge=0, description="real failures before the job ends FAILED (preemptions do not count)")
+
     @property
-    def micro_batch_size(self) -> int:
-        return self.train_batch_size // self.gradient_accumulation_steps
+    def num_workers(self) -> int:
+        return self.num_hosts * (1 if self.accelerator == "tpu" else self.devices_per_host)
 
     @model_validator(mode="after")
-    def _batch_divides(self) -> TrainingSpec:
-        if self.train_batch_size % self.gradient_accumulation_steps:
-            raise ValueError(
-                f"train_batch_size ({self.train_batch_size}) must be a multiple of gradient_accumulation_steps "
-                f"({self.gradient_accumulation_steps}): global batch = micro-batch x accumulation steps")
+    def _backend_fits(self) -> ResourcesSpec:
+        if self.backend == "local" and self.num_workers > 1:
+            raise ValueError(f"backend 'local' runs one process but {self.num_workers} workers are asked for; "
+                             "use backend ddp, deepspeed or xla")
+        if self.backend == "xla" and self.accelerator != "tpu" and self.xla.pjrt_device == "TPU":
+            raise ValueError("backend xla on a non-TPU accelerator needs xla.pjrt_device CPU or CUDA")
+        if self.backend == "deepspeed" and self.accelerator == "tpu":
+            raise ValueError("DeepSpeed does not run on TPUs; use backend xla")
         return self
 
 
@@ -155,9 +218,16 @@ class JobSpec(_Section):
     features: FeaturesSpec = Field(default_factory=FeaturesSpec)
     distill: DistillSpec | None = None
     logging: LoggingSpec = Field(default_factory=LoggingSpec)
+    resources: ResourcesSpec = Field(default_factory=ResourcesSpec)
+
+    @property
+    def batch(self) -> tuple[int, int]:
+        """(micro_batch_size per worker, gradient_accumulation_steps)."""
+        return self.training.resolve_batch(self.resources.num_workers)
 
     @model_validator(mode="after")
     def _kind_needs(self) -> JobSpec:
+        self.training.resolve_batch(self.resources.num_workers)  # raises with the arithmetic
         if self.model.size is None and self.model.bert_config_file is None and self.model.init_checkpoint is None:
             raise ValueError("model: give one of size, bert_config_file or init_checkpoint")
         if self.kind == "distill" and self.distill is None:

@@ -19,6 +19,7 @@ from typing import Any, Protocol
 import torch
 from torch import nn
 
+from jobs.backends import LocalBackend
 from jobs.checkpoint import CheckpointStore, rng_state, set_rng_state
 from jobs.logging import MetricsLogger
 from jobs.optim import build_optimizer, build_schedule
@@ -26,11 +27,23 @@ from jobs.spec import JobSpec
 
 log = logging.getLogger("bertfleet")
 
-# step_fn(model, micro_batch, step_batches) -> (loss, metrics). `step_batches` holds every
-# micro-batch of the optimizer step, for losses whose exact global-batch mean needs a denominator
-# over all of them (the masked-LM loss is weighted by masked_lm_weights).
-StepFn = Callable[[nn.Module, dict[str, torch.Tensor], list[dict[str, torch.Tensor]]],
-                  tuple[torch.Tensor, dict[str, float]]]
+@dataclasses.dataclass
+class StepContext:
+    """What a step_fn may need beyond its micro-batch: for losses whose exact global-batch mean needs
+    a denominator over the whole step (the masked-LM loss is weighted by masked_lm_weights).
+
+    Attributes:
+        batches: this worker's micro-batches of the optimizer step.
+        world_size: data-parallel workers (gradients are averaged over them).
+        sum_over_workers: sums a tensor over the workers.
+    """
+
+    batches: list[dict[str, torch.Tensor]]
+    world_size: int
+    sum_over_workers: Callable[[torch.Tensor], torch.Tensor]
+
+
+StepFn = Callable[[nn.Module, dict[str, torch.Tensor], StepContext], tuple[torch.Tensor, dict[str, float]]]
 EvalFn = Callable[[nn.Module, int], dict[str, float]]
 
 
@@ -51,7 +64,7 @@ class TrainResult:
 
 
 class StopTraining(Exception):
-    """Raised by a `should_stop` hook's owner to end fit() after a checkpoint (preemption)."""
+    """fit() stopped early on request (preemption), after committing a checkpoint."""
 
 
 class Trainer:
@@ -59,19 +72,19 @@ class Trainer:
 
     Args:
         spec: the resolved job spec (training and output sections are used).
-        model: the model, already on `device`.
-        loader: yields micro-batches (spec.training.micro_batch_size examples each).
+        model: the model, on the backend's device.
+        loader: yields this worker's micro-batches (spec.batch[0] examples each).
         step_fn: computes the loss of one micro-batch.
         num_train_steps: optimizer steps in the whole run.
         num_warmup_steps: linear warmup steps.
         eval_fn: called every eval_every_steps and at the end; returns metrics.
-        should_stop: polled after each step; True makes fit() checkpoint and return (preemption).
+        should_stop: polled after each step; True makes fit() checkpoint and stop (preemption).
+        backend: how the model is wrapped and stepped (default: one local process).
     """
 
     spec: JobSpec
     model: nn.Module
-    optimizer: torch.optim.Optimizer
-    scheduler: torch.optim.lr_scheduler.LRScheduler
+    backend: LocalBackend
     loader: ResumableIterable
     store: CheckpointStore
     logger: MetricsLogger
@@ -79,7 +92,7 @@ class Trainer:
 
     def __init__(self, spec: JobSpec, model: nn.Module, loader: ResumableIterable, step_fn: StepFn,
                  num_train_steps: int, num_warmup_steps: int, eval_fn: EvalFn | None = None,
-                 should_stop: Callable[[], bool] | None = None, logger: MetricsLogger | None = None):
+                 should_stop: Callable[[], bool] | None = None, backend: LocalBackend | None = None):
         self.spec = spec
         self.model = model
         self.loader = loader
@@ -87,42 +100,53 @@ class Trainer:
         self.eval_fn = eval_fn
         self.should_stop = should_stop or (lambda: False)
         self.num_train_steps = num_train_steps
-        self.optimizer = build_optimizer(model, spec.training)
-        self.scheduler = build_schedule(self.optimizer, num_warmup_steps, num_train_steps)
+        self.backend = backend or LocalBackend()
+        optimizer = build_optimizer(model, spec.training)
+        scheduler = build_schedule(optimizer, num_warmup_steps, num_train_steps)
+        self.train_model = self.backend.prepare(model, optimizer, scheduler, spec.training.precision)
         self.store = CheckpointStore(spec.output.output_dir, keep=spec.output.keep_checkpoints)
         self.global_step = 0
         self.resumed_from: int | None = None
         self._last_eval: tuple[int, dict[str, float]] | None = None
-        self.logger = logger or MetricsLogger(spec, spec.output.output_dir)
-        self.device = next(model.parameters()).device
-        self.scaler = torch.amp.GradScaler(self.device.type, enabled=spec.training.precision == "fp16")
+        self.logger = MetricsLogger(spec, spec.output.output_dir, enabled=self.backend.is_main)
 
     # ---- state ------------------------------------------------------------------------------
 
-    def state_dict(self) -> dict[str, Any]:
-        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
-                "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(),
-                "step": self.global_step, "rng": rng_state(), "data": self.loader.state_dict(),
-                "wandb_run_id": self.logger.run_id}
-
     def save_checkpoint(self) -> str:
-        url = self.store.save(self.global_step, self.state_dict(), self.spec.to_json())
-        self.logger.log({"checkpoint/step": self.global_step}, self.global_step)
-        return url
+        """Every rank writes its shards (if the backend has any), then rank 0 writes state.pt and
+        commits; barriers keep a rank from committing what another is still writing."""
+        backend, step = self.backend, self.global_step
+        if backend.is_main:
+            self.store.begin(step)
+        backend.barrier()
+        directory = self.store.directory(step)
+        backend.save_shards(directory)
+        backend.barrier()
+        if backend.is_main:
+            state = {"backend": backend.state_dict(), "step": step, "rng": rng_state(),
+                     "data": self.loader.state_dict(), "wandb_run_id": self.logger.run_id}
+            self.store.write(directory, state, self.spec.to_json())
+            self.store.commit(directory, step)
+            self.logger.log({"checkpoint/step": step}, step)
+        backend.barrier()
+        return directory
 
     def restore(self) -> bool:
         """Loads the newest committed checkpoint, if any. Returns whether it resumed."""
-        state = self.store.load()
-        if state is None:
+        step = self.store.latest()
+        self.backend.barrier()  # every rank sees the same newest checkpoint
+        if step is None:
             return False
-        self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
-        self.scaler.load_state_dict(state["scaler"])
+        state = self.store.load(step)
+        assert state is not None
+        self.backend.load_state_dict(state["backend"])
+        self.backend.load_shards(self.store.directory(step))
         self.loader.load_state_dict(state["data"])
         set_rng_state(state["rng"])
         self.global_step = self.resumed_from = state["step"]
-        self.logger.resume()
+        if self.backend.is_main:
+            self.logger.run_id = state.get("wandb_run_id")
+            self.logger.resume()
         log.info("resumed from the checkpoint of step %d", self.global_step)
         return True
 
@@ -133,54 +157,46 @@ class Trainer:
         if precision == "fp32":
             return contextlib.nullcontext()
         dtype = torch.bfloat16 if precision == "bf16" else torch.float16
-        return torch.autocast(self.device.type, dtype=dtype)
-
-    def _optimizer_step(self) -> float:
-        """Unscale, clip, step, schedule; returns the gradient norm before clipping."""
-        self.scaler.unscale_(self.optimizer)
-        max_norm = self.spec.training.max_grad_norm
-        params = [p for p in self.model.parameters() if p.grad is not None]
-        grad_norm = torch.nn.utils.clip_grad_norm_(params, max_norm if max_norm else float("inf"))
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
-        self.scheduler.step()
-        self.optimizer.zero_grad(set_to_none=True)
-        return float(grad_norm)
+        return torch.autocast(self.backend.device.type, dtype=dtype)
 
     def fit(self) -> TrainResult:
         """Trains from the current step (0, or a restored checkpoint's) to num_train_steps."""
-        training = self.spec.training
-        accumulation = training.gradient_accumulation_steps
+        training, backend = self.spec.training, self.backend
+        accumulation = self.spec.batch[1]
         start = time.perf_counter()
         window_start, window_examples, window_tokens = time.perf_counter(), 0, 0
-        loss_sum, last_loss = 0.0, float("nan")
+        loss_sum: torch.Tensor | float = 0.0
+        last_loss = float("nan")
         self.model.train()
         batches = iter(self.loader)
         while self.global_step < self.num_train_steps:
-            step_batches = [{k: v.to(self.device, non_blocking=True) for k, v in next(batches).items()}
+            step_batches = [{k: v.to(backend.device, non_blocking=True) for k, v in next(batches).items()}
                             for _ in range(accumulation)]
-            for batch in step_batches:
-                with self._autocast():
-                    loss, _ = self.step_fn(self.model, batch, step_batches)
-                # The micro-batch mean over the accumulation count is the global-batch mean.
-                self.scaler.scale(loss / accumulation).backward()
+            context = StepContext(step_batches, backend.world_size, backend.sum)
+            for index, batch in enumerate(step_batches):
+                with backend.micro_step_context(index == accumulation - 1), self._autocast():
+                    loss, _ = self.step_fn(self.train_model, batch, context)
+                    # The micro-batch mean over the accumulation count is the global-batch mean.
+                    backend.backward(loss / accumulation)
                 loss_sum += loss.detach()
-                window_examples += next(iter(batch.values())).shape[0]
+                window_examples += next(iter(batch.values())).shape[0] * backend.world_size
                 if "input_mask" in batch:
-                    window_tokens += batch["input_mask"].sum()
-            grad_norm = self._optimizer_step()
+                    window_tokens += batch["input_mask"].sum() * backend.world_size
+            grad_norm = backend.optimizer_step(training.max_grad_norm)
             self.global_step += 1
-            last_loss = float(loss_sum) / accumulation  # the one host sync per optimizer step
-            loss_sum = 0.0
             if self.global_step % training.log_every_steps == 0 or self.global_step == self.num_train_steps:
+                # The one host sync of a logging step: the loss averaged over workers.
+                last_loss = float(backend.mean(torch.as_tensor(loss_sum, dtype=torch.float32))) / accumulation
                 seconds = time.perf_counter() - window_start
                 self._log_progress(last_loss, grad_norm, window_examples / seconds, float(window_tokens) / seconds)
                 window_start, window_examples, window_tokens = time.perf_counter(), 0, 0
+            loss_sum = 0.0
             if self.eval_fn and training.eval_every_steps and self.global_step % training.eval_every_steps == 0:
                 self.evaluate()
-            if self.global_step % self.spec.output.save_checkpoints_steps == 0 or self.should_stop():
+            stop = self.should_stop()
+            if self.global_step % self.spec.output.save_checkpoints_steps == 0 or stop:
                 self.save_checkpoint()
-                if self.should_stop() and self.global_step < self.num_train_steps:
+                if stop and self.global_step < self.num_train_steps:
                     log.warning("stopping at step %d on request (checkpoint committed)", self.global_step)
                     raise StopTraining(self.global_step)
         if self.store.latest() != self.global_step:
@@ -202,10 +218,11 @@ class Trainer:
         return metrics
 
     def _log_progress(self, loss: float, grad_norm: float, examples_per_s: float, tokens_per_s: float) -> None:
-        lr = self.scheduler.get_last_lr()[0]
+        lr = self.backend.learning_rate()
         remaining = (self.num_train_steps - self.global_step) * self.spec.training.train_batch_size / max(examples_per_s, 1e-9)
         self.logger.log({"train/loss": loss, "train/learning_rate": lr, "train/grad_norm": grad_norm,
                          "train/examples_per_s": examples_per_s, "train/tokens_per_s": tokens_per_s},
                         self.global_step)
-        log.info("step %d/%d  loss %.4f  lr %.2e  %.1f ex/s  ETA %ds", self.global_step, self.num_train_steps,
-                 loss, lr, examples_per_s, int(remaining))
+        if self.backend.is_main:
+            log.info("step %d/%d  loss %.4f  lr %.2e  %.1f ex/s  ETA %ds", self.global_step, self.num_train_steps,
+                     loss, lr, examples_per_s, int(remaining))

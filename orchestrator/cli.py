@@ -50,7 +50,8 @@ def run(
     overrides: Annotated[Optional[list[str]], typer.Option("--set", help="section.key=value, type-checked "
                                                            "against the schema (repeatable).")] = None,
 ) -> None:
-    """Runs a job in this process (no cluster needed); resumes from its newest checkpoint if any."""
+    """Runs a job here: in this process, or on a local Ray cluster (127.0.0.1) when the spec asks for
+    several workers or a distributed backend. Resumes from the job's newest checkpoint, if any."""
     import logging
 
     from jobs.runner import run_job
@@ -59,7 +60,14 @@ def run(
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     spec = _load_spec(spec_file, overrides)
     try:
-        metrics = run_job(spec)
+        if spec.resources.num_workers > 1 or spec.resources.backend != "local":
+            from cluster.local import local_ray
+            from orchestrator.launch import run_on_ray
+
+            with local_ray():
+                metrics = run_on_ray(spec)
+        else:
+            metrics = run_job(spec)
     except (SpecError, FileNotFoundError) as err:
         _fail(str(err))
     typer.echo(json.dumps(metrics, indent=2, default=str))

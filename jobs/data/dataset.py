@@ -250,26 +250,33 @@ class ArrayLoader:
     Epoch e visits the examples in a permutation seeded by (seed, e); the cursor is (epoch,
     offset). Training drops each epoch's last partial batch, as the original's drop_remainder.
 
+    With several workers, each step takes the next `batch_size * world_size` examples of the
+    epoch's order and worker r gets every world_size-th of them from r on, so the cursor is global
+    and a run resumes on any number of workers with the same examples.
+
     Args:
         arrays: name -> array [N, ...]; every array has the same N.
-        batch_size: examples per batch.
+        batch_size: examples per batch on this worker.
         seed: seeds the per-epoch permutations.
         shuffle: permute (training) or keep the order (eval / predict).
         repeat: endless epochs (training) or one pass.
-        drop_last: drop a last partial batch.
+        drop_last: drop a last partial step.
+        rank, world_size: this worker and the number of workers.
     """
 
     def __init__(self, arrays: dict[str, np.ndarray], batch_size: int, seed: int = 0, shuffle: bool = True,
-                 repeat: bool = True, drop_last: bool = True):
+                 repeat: bool = True, drop_last: bool = True, rank: int = 0, world_size: int = 1):
         sizes = {len(a) for a in arrays.values()}
         if len(sizes) != 1:
             raise ValueError(f"arrays of different lengths: { {k: len(a) for k, a in arrays.items()} }")
         self.arrays = arrays
         self.num_examples = sizes.pop()
-        if self.num_examples == 0 or (drop_last and self.num_examples < batch_size):
-            raise ValueError(f"{self.num_examples} examples cannot fill one batch of {batch_size}; "
-                             "lower the batch size or add data")
+        if self.num_examples == 0 or (drop_last and self.num_examples < batch_size * world_size):
+            raise ValueError(f"{self.num_examples} examples cannot fill one step of {batch_size} x {world_size} "
+                             "workers; lower the batch size or add data")
         self.batch_size = batch_size
+        self.rank = rank
+        self.world_size = world_size
         self.seed = seed
         self.shuffle = shuffle
         self.repeat = repeat
@@ -277,7 +284,7 @@ class ArrayLoader:
         self._cursor = StreamCursor()
 
     def __len__(self) -> int:
-        full, rest = divmod(self.num_examples, self.batch_size)
+        full, rest = divmod(self.num_examples, self.batch_size * self.world_size)
         return full + (1 if rest and not self.drop_last else 0)
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
@@ -285,12 +292,14 @@ class ArrayLoader:
         while True:
             order = (np.random.default_rng([self.seed, epoch]).permutation(self.num_examples) if self.shuffle
                      else np.arange(self.num_examples))
-            for start in range(offset, self.num_examples, self.batch_size):
-                index = order[start:start + self.batch_size]
-                if len(index) < self.batch_size and self.drop_last:
+            step = self.batch_size * self.world_size
+            for start in range(offset, self.num_examples, step):
+                index = order[start:start + step]
+                if len(index) < step and self.drop_last:
                     break
                 self._cursor = StreamCursor(epoch, start + len(index))
-                yield {name: torch.from_numpy(array[index]) for name, array in self.arrays.items()}
+                mine = index[self.rank::self.world_size]
+                yield {name: torch.from_numpy(array[mine]) for name, array in self.arrays.items()}
             if not self.repeat:
                 return
             epoch, offset = epoch + 1, 0

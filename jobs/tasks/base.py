@@ -23,6 +23,7 @@ log = logging.getLogger("bertfleet")
 
 
 def device() -> torch.device:
+    """The device a single-process job runs on."""
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
@@ -77,7 +78,8 @@ def build_tokenizer(spec: JobSpec, config: BertConfig) -> FullTokenizer:
         raise SpecError(f"model.vocab_file: {err}") from None
 
 
-def build_model(spec: JobSpec, config: BertConfig, head: str, num_labels: int = 2) -> BertPreTrainedModel:
+def build_model(spec: JobSpec, config: BertConfig, head: str, num_labels: int = 2,
+                on: torch.device | None = None) -> BertPreTrainedModel:
     """A model of `config` with the task's head: fresh, or holding the init_checkpoint's weights.
 
     Raises:
@@ -104,7 +106,7 @@ def build_model(spec: JobSpec, config: BertConfig, head: str, num_labels: int = 
         model.load_state_dict(loaded.state_dict())
     if spec.model.gradient_checkpointing:
         model.set_gradient_checkpointing(True)
-    return model.to(device())
+    return model.to(on or device())
 
 
 def export_model(spec: JobSpec, model: BertPreTrainedModel, tokenizer: FullTokenizer | None) -> str | None:

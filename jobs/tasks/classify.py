@@ -12,13 +12,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from jobs.backends import LocalBackend
 from jobs.data.dataset import ArrayLoader
 from jobs.data.glue import (SHARED_LAYOUTS, InputExample, TableFormat, TaskSpec, compute_metrics,
                             convert_examples_to_arrays, get_task, read_examples, read_task_split, split_holdout)
 from jobs.data.pretraining import DataError
 from jobs.results import write_eval_results, write_test_results
 from jobs.spec import JobSpec, SpecError, TableSpec
-from jobs.tasks.base import build_model, build_tokenizer, device, export_model, resolve_config, seed_everything
+from jobs.tasks.base import build_model, build_tokenizer, export_model, resolve_config, seed_everything
 from jobs.trainer import StepFn, Trainer
 from models.bert import BertForSequenceClassification
 
@@ -81,16 +82,17 @@ def _inputs(batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor,
     return batch["input_ids"], batch["segment_ids"], batch["input_mask"]
 
 
-def step_fn(model: BertForSequenceClassification, batch: dict[str, torch.Tensor], _step_batches) -> tuple:
+def step_fn(model: BertForSequenceClassification, batch: dict[str, torch.Tensor], _step) -> tuple:
     return model(*_inputs(batch), labels=batch["label_ids"]).loss, {}
 
 
 def predict(model: BertForSequenceClassification, arrays: dict[str, np.ndarray], batch_size: int) -> np.ndarray:
     """Logits [N, C] (or [N] for regression) over all examples, in order."""
     outputs = []
+    on = next(model.parameters()).device
     with torch.no_grad():
         for batch in ArrayLoader(arrays, batch_size, shuffle=False, repeat=False, drop_last=False):
-            batch = {k: v.to(device()) for k, v in batch.items()}
+            batch = {k: v.to(on) for k, v in batch.items()}
             outputs.append(model(*_inputs(batch)).logits.float().cpu())
     return torch.cat(outputs).numpy()
 
@@ -102,12 +104,14 @@ def eval_metrics(task: TaskSpec, logits: np.ndarray, labels: np.ndarray, global_
     return {**compute_metrics(task, logits, labels), "eval_loss": float(loss), "global_step": global_step}
 
 
-def run(spec: JobSpec, should_stop: Callable[[], bool] | None = None, make_step_fn: Callable[..., StepFn] | None = None) -> dict:
+def run(spec: JobSpec, should_stop: Callable[[], bool] | None = None, backend: LocalBackend | None = None,
+        make_step_fn: Callable[..., StepFn] | None = None) -> dict:
     """Fine-tunes (do_train), evaluates (do_eval) and predicts (do_predict); returns the eval metrics.
 
     Args:
         make_step_fn: builds the training loss from (model, task); distillation passes its own.
     """
+    backend = backend or LocalBackend()
     try:
         task = get_task(spec.data.task_name or "")
     except DataError as err:
@@ -118,7 +122,7 @@ def run(spec: JobSpec, should_stop: Callable[[], bool] | None = None, make_step_
     tokenizer = build_tokenizer(spec, config)
     splits = load_splits(spec, task)
     num_labels = 1 if task.is_regression else len(task.label_list)
-    model = build_model(spec, config, "classification", num_labels)
+    model = build_model(spec, config, "classification", num_labels, on=backend.device)
 
     def arrays(split: str) -> dict[str, np.ndarray]:
         return convert_examples_to_arrays(splits[split], task.label_list, tokenizer, spec.data.max_seq_length,
@@ -133,14 +137,15 @@ def run(spec: JobSpec, should_stop: Callable[[], bool] | None = None, make_step_
     metrics: dict = {}
     if training.do_train:
         train = arrays("train")
-        loader = ArrayLoader(train, training.micro_batch_size, seed=training.seed)
+        loader = ArrayLoader(train, spec.batch[0], seed=training.seed, rank=backend.rank,
+                             world_size=backend.world_size)
         num_steps = training.num_train_steps or int(len(splits["train"]) / training.train_batch_size
                                                     * training.num_train_epochs)
         warmup = training.num_warmup_steps if training.num_warmup_steps is not None else \
             int(num_steps * training.warmup_proportion)
         step = make_step_fn(model, task) if make_step_fn else step_fn
         trainer = Trainer(spec, model, loader, step, num_steps, warmup,
-                          eval_fn=eval_fn if dev is not None else None, should_stop=should_stop)
+                          eval_fn=eval_fn if dev is not None else None, should_stop=should_stop, backend=backend)
         trainer.restore()
         trainer.fit()
         if dev is not None and training.do_eval:
@@ -150,6 +155,8 @@ def run(spec: JobSpec, should_stop: Callable[[], bool] | None = None, make_step_
         model.eval()
         metrics = eval_fn(model, 0)
     model.eval()
+    if not backend.is_main:
+        return metrics
     if metrics:
         write_eval_results(spec.output.output_dir, metrics)
     if "test" in splits:

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from jobs.data.glue import TaskSpec
 from jobs.spec import JobSpec, SpecError
 from jobs.tasks import classify
-from jobs.tasks.base import device
+from jobs.backends import LocalBackend
 from jobs.trainer import StepFn
 from models.bert import BertForSequenceClassification
 from models.checkpoints import CheckpointError, load_pretrained
@@ -28,7 +28,7 @@ def make_step_fn(spec: JobSpec, teacher: BertForSequenceClassification) -> Calla
     temperature, alpha = spec.distill.temperature, spec.distill.alpha
 
     def factory(student: BertForSequenceClassification, task: TaskSpec) -> StepFn:
-        def step_fn(model, batch, _step_batches):
+        def step_fn(model, batch, _step):
             inputs = (batch["input_ids"], batch["segment_ids"], batch["input_mask"])
             with torch.no_grad():
                 teacher_logits = teacher(*inputs).logits.float()
@@ -46,7 +46,7 @@ def make_step_fn(spec: JobSpec, teacher: BertForSequenceClassification) -> Calla
     return factory
 
 
-def run(spec: JobSpec, should_stop: Callable[[], bool] | None = None) -> dict:
+def run(spec: JobSpec, should_stop: Callable[[], bool] | None = None, backend: LocalBackend | None = None) -> dict:
     """Trains the spec's model (the student) against the teacher; returns the student's eval metrics."""
     assert spec.distill is not None, "the spec validator requires a distill section"
     task = classify.get_task(spec.data.task_name or "")
@@ -58,5 +58,6 @@ def run(spec: JobSpec, should_stop: Callable[[], bool] | None = None) -> dict:
     if teacher.classifier.out_features != num_labels:
         raise SpecError(f"distill.teacher_checkpoint has {teacher.classifier.out_features} outputs, "
                         f"the task {task.name} needs {num_labels}")
-    teacher = teacher.to(device()).eval()
-    return classify.run(spec, should_stop, make_step_fn=make_step_fn(spec, teacher))
+    backend = backend or LocalBackend()
+    teacher = teacher.to(backend.device).eval()
+    return classify.run(spec, should_stop, backend, make_step_fn=make_step_fn(spec, teacher))

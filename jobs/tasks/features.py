@@ -19,8 +19,9 @@ import fsspec
 import numpy as np
 import torch
 
+from jobs.backends import LocalBackend
 from jobs.spec import JobSpec, SpecError
-from jobs.tasks.base import build_model, build_tokenizer, device, resolve_config
+from jobs.tasks.base import build_model, build_tokenizer, resolve_config
 from models.tokenization import FullTokenizer
 
 _PAIR = re.compile(r"^(.*) \|\|\| (.*)$")
@@ -46,8 +47,12 @@ def _batches(url: str, tokenizer: FullTokenizer, max_seq_length: int, batch_size
         yield batch
 
 
-def run(spec: JobSpec, should_stop: Callable[[], bool] | None = None) -> dict:
-    """Writes the features of every line of data.predict_file; returns counts."""
+def run(spec: JobSpec, should_stop: Callable[[], bool] | None = None, backend: LocalBackend | None = None) -> dict:
+    """Writes the features of every line of data.predict_file; returns counts. Inference needs no
+    data parallelism here: on several workers, the main one does it all."""
+    backend = backend or LocalBackend()
+    if not backend.is_main:
+        return {}
     if not spec.data.predict_file:
         raise SpecError("data.predict_file: a features job needs an input text file (one example per line)")
     config = resolve_config(spec)
@@ -57,7 +62,7 @@ def run(spec: JobSpec, should_stop: Callable[[], bool] | None = None) -> dict:
         raise SpecError(f"features.layers {bad} are outside the model's {config.num_hidden_layers} layers "
                         "(-1 is the last)")
     tokenizer = build_tokenizer(spec, config)
-    model = build_model(spec, config, "model").eval()
+    model = build_model(spec, config, "model", on=backend.device).eval()
     out_dir = spec.output.output_dir.rstrip("/")
     num_examples = 0
     jsonl = fsspec.open(f"{out_dir}/features.jsonl", "w") if spec.features.output_format == "jsonl" else None
@@ -76,9 +81,9 @@ def run(spec: JobSpec, should_stop: Callable[[], bool] | None = None) -> dict:
     with (jsonl if jsonl is not None else contextlib.nullcontext()) as out, torch.inference_mode():
         for batch in _batches(spec.data.predict_file, tokenizer, spec.data.max_seq_length,
                               spec.training.predict_batch_size):
-            ids = torch.as_tensor(np.stack([e.input_ids for e in batch])).to(device())
-            types = torch.as_tensor(np.stack([e.token_type_ids for e in batch])).to(device())
-            mask = torch.as_tensor(np.stack([e.attention_mask for e in batch])).to(device())
+            ids = torch.as_tensor(np.stack([e.input_ids for e in batch])).to(backend.device)
+            types = torch.as_tensor(np.stack([e.token_type_ids for e in batch])).to(backend.device)
+            mask = torch.as_tensor(np.stack([e.attention_mask for e in batch])).to(backend.device)
             all_layers = model(ids, types, mask, output_all_encoded_layers=True).all_encoder_layers
             chosen = {index: all_layers[index].float().cpu().numpy() for index in layers}
             if out is not None:

@@ -11,13 +11,14 @@ from collections.abc import Callable
 
 import torch
 
+from jobs.backends import LocalBackend
 from jobs.data.dataset import (DynamicMasker, PretrainingBatches, RecordStream, ResumableLoader,
                                pretraining_features)
 from jobs.data.pretraining import PretrainingDataConfig
 from jobs.spec import JobSpec, SpecError
 from jobs.results import write_eval_results
 from jobs.tasks.base import build_model, build_tokenizer, export_model, resolve_config, seed_everything
-from jobs.trainer import Trainer
+from jobs.trainer import StepContext, Trainer
 from models.bert import BertForPreTraining
 
 
@@ -28,16 +29,18 @@ def forward(model: BertForPreTraining, batch: dict[str, torch.Tensor]):
 
 
 def step_fn(model: BertForPreTraining, batch: dict[str, torch.Tensor],
-            step_batches: list[dict[str, torch.Tensor]]) -> tuple[torch.Tensor, dict[str, float]]:
-    """The original's loss of the whole global batch, split over its micro-batches: the masked-LM
-    numerator of this micro-batch over the weight sum of all of them (times their count, since the
-    trainer averages micro-batch losses), plus the next-sentence mean."""
+            step: StepContext) -> tuple[torch.Tensor, dict[str, float]]:
+    """The original's loss of the whole global batch, split over micro-batches and workers: the
+    masked-LM numerator of this micro-batch over the weight sum of the whole global batch (times
+    the number of micro-batches and workers, since the trainer and DDP average those), plus the
+    next-sentence mean."""
     out = forward(model, {**batch, "masked_lm_ids": None})
     ids = batch["masked_lm_ids"].reshape(-1, 1).long()
     weights = batch["masked_lm_weights"].reshape(-1).float()
     numerator = (weights * -out.masked_lm_log_probs.gather(1, ids).squeeze(1)).sum()
-    denominator = sum(b["masked_lm_weights"].float().sum() for b in step_batches) + 1e-5
-    return numerator / denominator * len(step_batches) + out.next_sentence_loss, {}
+    local = sum(b["masked_lm_weights"].float().sum() for b in step.batches)
+    denominator = step.sum_over_workers(torch.as_tensor(local)) + 1e-5
+    return numerator / denominator * (len(step.batches) * step.world_size) + out.next_sentence_loss, {}
 
 
 def evaluate(model: BertForPreTraining, batches, global_step: int, max_steps: int | None = None) -> dict[str, float]:
@@ -71,8 +74,9 @@ def evaluate(model: BertForPreTraining, batches, global_step: int, max_steps: in
             "loss": total_loss / num_batches, "global_step": global_step}
 
 
-def run(spec: JobSpec, should_stop: Callable[[], bool] | None = None, rank: int = 0, world_size: int = 1) -> dict:
+def run(spec: JobSpec, should_stop: Callable[[], bool] | None = None, backend: LocalBackend | None = None) -> dict:
     """Pretrains (do_train) and evaluates (do_eval); returns the eval metrics."""
+    backend = backend or LocalBackend()
     data, training = spec.data, spec.training
     if not data.train_file and training.do_train:
         raise SpecError("data.train_file: a pretrain job needs TFRecords (make them with `bertfleet data "
@@ -81,7 +85,7 @@ def run(spec: JobSpec, should_stop: Callable[[], bool] | None = None, rank: int 
         raise SpecError("training.num_train_steps: pretraining streams endlessly; say how many steps to train")
     seed_everything(training.seed, training.deterministic)
     config = resolve_config(spec)
-    model = build_model(spec, config, "pretraining")
+    model = build_model(spec, config, "pretraining", on=backend.device)
     features = pretraining_features(data.max_seq_length, data.max_predictions_per_seq)
     masker = None
     if data.dynamic_masking:
@@ -93,7 +97,8 @@ def run(spec: JobSpec, should_stop: Callable[[], bool] | None = None, rank: int 
 
     def eval_batches():
         stream = RecordStream(eval_url, seed=training.seed, shuffle_files=False)
-        return PretrainingBatches(stream, training.eval_batch_size, rank, world_size, features, repeat=False)
+        # Every worker evaluates the whole eval set (identical metrics, no gather needed).
+        return PretrainingBatches(stream, training.eval_batch_size, 0, 1, features, repeat=False)
 
     def eval_fn(m, step):
         return evaluate(m, eval_batches(), step, training.max_eval_steps)
@@ -101,13 +106,14 @@ def run(spec: JobSpec, should_stop: Callable[[], bool] | None = None, rank: int 
     metrics: dict = {}
     if training.do_train:
         stream = RecordStream(data.train_file, seed=training.seed, shuffle_buffer=data.shuffle_buffer)
-        loader = ResumableLoader(PretrainingBatches(stream, training.micro_batch_size // world_size, rank,
-                                                    world_size, features, masker=masker),
+        loader = ResumableLoader(PretrainingBatches(stream, spec.batch[0], backend.rank,
+                                                    backend.world_size, features, masker=masker),
                                  num_workers=data.num_workers)
         num_steps = training.num_train_steps or 0
         warmup = training.num_warmup_steps if training.num_warmup_steps is not None else \
             int(num_steps * training.warmup_proportion)
-        trainer = Trainer(spec, model, loader, step_fn, num_steps, warmup, eval_fn=eval_fn, should_stop=should_stop)
+        trainer = Trainer(spec, model, loader, step_fn, num_steps, warmup, eval_fn=eval_fn, should_stop=should_stop,
+                          backend=backend)
         trainer.restore()
         trainer.fit()
         if training.do_eval:
@@ -121,6 +127,9 @@ def run(spec: JobSpec, should_stop: Callable[[], bool] | None = None, rank: int 
         global_step = 0
     if metrics:
         metrics["global_step"] = global_step
+    if not backend.is_main:
+        return metrics
+    if metrics:
         write_eval_results(spec.output.output_dir, metrics)
     export_model(spec, model, build_tokenizer(spec, config) if spec.model.vocab_file else None)
     return metrics

@@ -19,13 +19,14 @@ from typing import Any
 
 import torch
 
+from jobs.backends import LocalBackend
 from jobs.data.dataset import ArrayLoader
 from jobs.data.squad import (SquadError, SquadResult, convert_examples_to_features, evaluate_v1, evaluate_v2,
                              features_to_arrays, load_squad_json, read_squad_examples, write_prediction_files,
                              write_predictions)
 from jobs.results import write_eval_results, write_text
 from jobs.spec import JobSpec, SpecError
-from jobs.tasks.base import build_model, build_tokenizer, device, export_model, resolve_config, seed_everything
+from jobs.tasks.base import build_model, build_tokenizer, export_model, resolve_config, seed_everything
 from jobs.trainer import Trainer
 
 log = logging.getLogger("bertfleet")
@@ -55,7 +56,7 @@ def _first_answers(dataset: dict[str, Any]) -> None:
                 question["answers"] = question.get("answers", [])[:1]
 
 
-def step_fn(model, batch: dict[str, torch.Tensor], _step_batches) -> tuple[torch.Tensor, dict[str, float]]:
+def step_fn(model, batch: dict[str, torch.Tensor], _step) -> tuple[torch.Tensor, dict[str, float]]:
     return model(batch["input_ids"], batch["segment_ids"], batch["input_mask"], batch["start_positions"],
                  batch["end_positions"]).loss, {}
 
@@ -72,11 +73,12 @@ def predict_and_evaluate(spec: JobSpec, model, tokenizer, dataset_url: str, data
     unique_ids = arrays.pop("unique_ids")
     results = []
     model.eval()
+    on = next(model.parameters()).device
     with torch.no_grad():
         loader = ArrayLoader(arrays, spec.training.predict_batch_size, shuffle=False, repeat=False, drop_last=False)
         offset = 0
         for batch in loader:
-            batch = {k: v.to(device()) for k, v in batch.items()}
+            batch = {k: v.to(on) for k, v in batch.items()}
             logits = model(batch["input_ids"], batch["segment_ids"], batch["input_mask"]).logits.float().cpu().numpy()
             for row in range(len(logits)):
                 results.append(SquadResult(int(unique_ids[offset + row]), logits[row, :, 0].tolist(),
@@ -94,14 +96,15 @@ def predict_and_evaluate(spec: JobSpec, model, tokenizer, dataset_url: str, data
     return {**metrics, "global_step": global_step}
 
 
-def run(spec: JobSpec, should_stop: Callable[[], bool] | None = None) -> dict:
+def run(spec: JobSpec, should_stop: Callable[[], bool] | None = None, backend: LocalBackend | None = None) -> dict:
     """Fine-tunes on train_file (do_train), then predicts and evaluates predict_file (or the held-out
     questions); returns the official metrics."""
+    backend = backend or LocalBackend()
     data, training = spec.data, spec.training
     seed_everything(training.seed, training.deterministic)
     config = resolve_config(spec)
     tokenizer = build_tokenizer(spec, config)
-    model = build_model(spec, config, "question_answering")
+    model = build_model(spec, config, "question_answering", on=backend.device)
     out = spec.output.output_dir.rstrip("/")
     try:
         if data.holdout_fraction:
@@ -133,12 +136,14 @@ def run(spec: JobSpec, should_stop: Callable[[], bool] | None = None) -> dict:
                                                     data.max_query_length, is_training=True)
             arrays = features_to_arrays(features)
             arrays.pop("unique_ids")
-            loader = ArrayLoader(arrays, training.micro_batch_size, seed=training.seed)
+            loader = ArrayLoader(arrays, spec.batch[0], seed=training.seed, rank=backend.rank,
+                                 world_size=backend.world_size)
             num_steps = training.num_train_steps or int(len(features) / training.train_batch_size
                                                         * training.num_train_epochs)
             warmup = training.num_warmup_steps if training.num_warmup_steps is not None else \
                 int(num_steps * training.warmup_proportion)
-            trainer = Trainer(spec, model, loader, step_fn, num_steps, warmup, should_stop=should_stop)
+            trainer = Trainer(spec, model, loader, step_fn, num_steps, warmup, should_stop=should_stop,
+                              backend=backend)
             trainer.restore()
             trainer.fit()
             trainer.logger.log({"train/num_unalignable_answers": report.num_unalignable}, trainer.global_step)
@@ -147,11 +152,13 @@ def run(spec: JobSpec, should_stop: Callable[[], bool] | None = None) -> dict:
         else:
             global_step = 0
         metrics: dict = {}
-        if (training.do_eval or training.do_predict) and dev_url and dev_json is not None:
+        # Prediction and the official evaluation run on the main worker only.
+        if backend.is_main and (training.do_eval or training.do_predict) and dev_url and dev_json is not None:
             metrics = predict_and_evaluate(spec, model, tokenizer, dev_url, dev_json, global_step)
             write_eval_results(out, metrics)
     except SquadError as err:
         raise SpecError(f"data: {err}") from None
-    export_model(spec, model, tokenizer)
+    if backend.is_main:
+        export_model(spec, model, tokenizer)
     return metrics
 

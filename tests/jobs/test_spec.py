@@ -32,10 +32,19 @@ def test_unknown_keys_are_rejected_with_their_path():
 
 
 def test_batch_arithmetic_is_explained():
-    with pytest.raises(SpecError, match=r"train_batch_size \(30\) must be a multiple of gradient_accumulation_steps \(4\)"):
+    with pytest.raises(SpecError, match=r"train_batch_size 30 is not divisible by gradient_accumulation_steps 4 "
+                                        r"x data-parallel size 1 = 4"):
         parse_spec(_minimal(training={"train_batch_size": 30, "gradient_accumulation_steps": 4}))
-    spec = parse_spec(_minimal(training={"train_batch_size": 32, "gradient_accumulation_steps": 4}))
-    assert spec.training.micro_batch_size == 8
+    assert parse_spec(_minimal(training={"train_batch_size": 32, "gradient_accumulation_steps": 4})).batch == (8, 4)
+    four_workers = {"backend": "ddp", "devices_per_host": 2, "num_hosts": 2}
+    spec = parse_spec(_minimal(training={"train_batch_size": 64, "micro_batch_size": 8}, resources=four_workers))
+    assert spec.batch == (8, 2)
+    with pytest.raises(SpecError, match=r"micro_batch_size 8 x gradient_accumulation_steps 3 x data-parallel size 4 "
+                                        r"= 96, not train_batch_size 64"):
+        parse_spec(_minimal(training={"train_batch_size": 64, "micro_batch_size": 8, "gradient_accumulation_steps": 3},
+                            resources=four_workers))
+    with pytest.raises(SpecError, match="backend 'local' runs one process"):
+        parse_spec(_minimal(resources={"devices_per_host": 2}))
 
 
 def test_yaml_errors_name_the_line(tmp_path):

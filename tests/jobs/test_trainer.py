@@ -36,7 +36,7 @@ def spec_dict(shared, tmp_path):
 
 
 def _final_weights(output_dir) -> dict[str, torch.Tensor]:
-    return CheckpointStore(str(output_dir)).load()["model"]
+    return CheckpointStore(str(output_dir)).load()["backend"]["model"]
 
 
 def _run(spec_dict, output_dir, stop_at=None, wandb=False):

@@ -1,0 +1,121 @@
+"""Backends: how a model and optimizer are wrapped, stepped and checkpointed on N workers.
+
+The trainer calls only this interface, so one loop serves every backend. `LocalBackend` is the
+single-process one; ddp.py, deepspeed.py and xla.py each wrap their library (and are the only
+files that import it). A backend never sees tasks or data; the trainer never names a backend.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any
+
+import torch
+from torch import nn
+
+
+class LocalBackend:
+    """One process, one device: the model as it is, torch's optimizer step, fp16 loss scaling."""
+
+    name = "local"
+
+    def __init__(self, device: torch.device | None = None):
+        self.rank = 0
+        self.world_size = 1
+        self.device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    # ---- wrapping and stepping ----------------------------------------------------------------
+
+    def prepare(self, model: nn.Module, optimizer: torch.optim.Optimizer,
+                scheduler: torch.optim.lr_scheduler.LRScheduler, precision: str) -> nn.Module:
+        """Takes ownership of the model, optimizer and schedule; returns the module to call."""
+        self.model, self.optimizer, self.scheduler = model, optimizer, scheduler
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=precision == "fp16")
+        return model
+
+    def micro_step_context(self, is_last: bool) -> contextlib.AbstractContextManager:
+        """Wraps the forward/backward of one micro-batch (DDP skips the all-reduce unless last)."""
+        return contextlib.nullcontext()
+
+    def backward(self, loss: torch.Tensor) -> None:
+        self.scaler.scale(loss).backward()
+
+    def optimizer_step(self, max_grad_norm: float | None) -> float:
+        """Unscale, clip, step, schedule, zero; returns the gradient norm before clipping."""
+        self.scaler.unscale_(self.optimizer)
+        params = [p for p in self.model.parameters() if p.grad is not None]
+        norm = torch.nn.utils.clip_grad_norm_(params, max_grad_norm if max_grad_norm else float("inf"))
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return float(norm)
+
+    def learning_rate(self) -> float:
+        return self.scheduler.get_last_lr()[0]
+
+    # ---- state --------------------------------------------------------------------------------
+
+    def unwrapped(self) -> nn.Module:
+        return self.model
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything the backend owns, for rank 0's state.pt (sharded backends save shards instead)."""
+        return {"model": self.unwrapped().state_dict(), "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.unwrapped().load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+
+    def save_shards(self, directory: str) -> None:
+        """Writes per-rank files into an uncommitted checkpoint directory (none for local/DDP)."""
+
+    def load_shards(self, directory: str) -> None:
+        """Reads what save_shards wrote."""
+
+    # ---- collectives --------------------------------------------------------------------------
+
+    def barrier(self) -> None:
+        """Waits for every rank (no-op with one)."""
+
+    def sum(self, value: torch.Tensor) -> torch.Tensor:
+        """The sum of a tensor over ranks."""
+        return value
+
+    def mean(self, value: torch.Tensor) -> torch.Tensor:
+        """The mean of a tensor over ranks."""
+        return self.sum(value) / self.world_size
+
+    def shutdown(self) -> None:
+        """Releases process groups or engines."""
+
+
+def make_backend(name: str, spec: object | None = None) -> LocalBackend:
+    """The backend a spec names, imported only when used (each wraps one optional library).
+
+    Args:
+        name: "local", "ddp", "deepspeed" or "xla".
+        spec: the JobSpec, for backends with settings of their own.
+    """
+    if name == "local":
+        return LocalBackend()
+    if name == "ddp":
+        from jobs.backends.ddp import DDPBackend
+
+        return DDPBackend()
+    if name == "deepspeed":
+        from jobs.backends.deepspeed import DeepSpeedBackend
+
+        return DeepSpeedBackend(spec)
+    if name == "xla":
+        from jobs.backends.xla import XlaBackend
+
+        return XlaBackend(spec)
+    raise ValueError(f"unknown backend {name!r}; use local, ddp, deepspeed or xla")
