@@ -108,3 +108,32 @@ def test_wandb_offline_continues_the_same_run_without_duplicate_steps(spec_dict,
     assert any("eval/masked_lm_accuracy" in row for row in rows)
     state = CheckpointStore(str(tmp_path / "run")).load()
     assert state["wandb_run_id"] == run_id
+
+
+def test_bf16_autocast_and_gradient_checkpointing(spec_dict, tmp_path):
+    spec_dict["model"].update(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    spec_dict["training"].update(num_train_steps=3, do_eval=False, log_every_steps=1)
+    _run(spec_dict, tmp_path / "plain")
+    spec_dict["model"]["gradient_checkpointing"] = True
+    _run(spec_dict, tmp_path / "checkpointed")
+    a, b = _final_weights(tmp_path / "plain"), _final_weights(tmp_path / "checkpointed")
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], atol=1e-6, rtol=1e-5, msg=name)
+    spec_dict["model"]["gradient_checkpointing"] = False
+    spec_dict["training"]["precision"] = "bf16"
+    _run(spec_dict, tmp_path / "bf16")
+    losses = [json.loads(line)["train/loss"] for line in (tmp_path / "bf16" / "metrics.jsonl").read_text().splitlines()
+              if "train/loss" in line]
+    plain = [json.loads(line)["train/loss"] for line in (tmp_path / "plain" / "metrics.jsonl").read_text().splitlines()
+             if "train/loss" in line]
+    assert len(losses) == 3 and all(abs(x - y) < 0.05 for x, y in zip(losses, plain)), (losses, plain)
+    assert losses != plain  # bf16 really ran
+
+
+def test_lamb_and_adamw_train(spec_dict, tmp_path):
+    spec_dict["training"].update(num_train_steps=2, do_eval=False, log_every_steps=1)
+    for name in ("lamb", "adamw"):
+        spec_dict["training"]["optimizer"] = name
+        _run(spec_dict, tmp_path / name)
+        rows = [json.loads(line) for line in (tmp_path / name / "metrics.jsonl").read_text().splitlines()]
+        assert [r["step"] for r in rows if "train/loss" in r] == [1, 2]
