@@ -39,27 +39,34 @@ class BertAdam(torch.optim.Optimizer):
     @torch.no_grad()
     def step(self, closure=None):  # type: ignore[override]
         for group in self.param_groups:
-            params = [p for p in group["params"] if p.grad is not None]
+            params, m, v = self._update_moments(group)
             if not params:
                 continue
-            grads = [p.grad for p in params]
-            m, v = self._moments(params)
-            beta1, beta2 = group["betas"]
-            torch._foreach_lerp_(m, grads, 1 - beta1)  # m = b1 m + (1 - b1) g
-            torch._foreach_mul_(v, beta2)
-            torch._foreach_addcmul_(v, grads, grads, value=1 - beta2)
             update = torch._foreach_div(m, torch._foreach_add(torch._foreach_sqrt(v), group["eps"]))
             if group["weight_decay"]:
                 torch._foreach_add_(update, params, alpha=group["weight_decay"])
             torch._foreach_add_(params, update, alpha=-group["lr"])
         return None
 
-    def _moments(self, params: list[torch.Tensor]) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    def _update_moments(self, group: dict) -> tuple[list[torch.Tensor], list[torch.Tensor], list[torch.Tensor]]:
+        """Adam's moment updates for a group's parameters that have gradients: (params, m, v)."""
+        params = [p for p in group["params"] if p.grad is not None]
         for p in params:
             if not self.state[p]:
                 self.state[p]["exp_avg"] = torch.zeros_like(p)
                 self.state[p]["exp_avg_sq"] = torch.zeros_like(p)
-        return [self.state[p]["exp_avg"] for p in params], [self.state[p]["exp_avg_sq"] for p in params]
+                self.state[p]["step"] = 0
+            self.state[p]["step"] += 1
+        if not params:
+            return params, [], []
+        grads = [p.grad for p in params]
+        m = [self.state[p]["exp_avg"] for p in params]
+        v = [self.state[p]["exp_avg_sq"] for p in params]
+        beta1, beta2 = group["betas"]
+        torch._foreach_lerp_(m, grads, 1 - beta1)  # m = b1 m + (1 - b1) g
+        torch._foreach_mul_(v, beta2)
+        torch._foreach_addcmul_(v, grads, grads, value=1 - beta2)
+        return params, m, v
 
 
 class Lamb(BertAdam):
@@ -68,18 +75,11 @@ class Lamb(BertAdam):
     @torch.no_grad()
     def step(self, closure=None):  # type: ignore[override]
         for group in self.param_groups:
-            params = [p for p in group["params"] if p.grad is not None]
+            params, m, v = self._update_moments(group)
             if not params:
                 continue
-            grads = [p.grad for p in params]
-            m, v = self._moments(params)
-            for p in params:
-                self.state[p]["step"] = self.state[p].get("step", 0) + 1
             t = self.state[params[0]]["step"]
             beta1, beta2 = group["betas"]
-            torch._foreach_lerp_(m, grads, 1 - beta1)
-            torch._foreach_mul_(v, beta2)
-            torch._foreach_addcmul_(v, grads, grads, value=1 - beta2)
             denom = torch._foreach_add(torch._foreach_sqrt(torch._foreach_div(v, 1 - beta2 ** t)), group["eps"])
             update = torch._foreach_div(torch._foreach_div(m, 1 - beta1 ** t), denom)
             if group["weight_decay"]:
