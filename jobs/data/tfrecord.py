@@ -24,7 +24,10 @@ blocks (local paths, `file://`, `memory://`, `gs://`, `s3://`, globs of any of t
 CRC, and on a bad record either raises `TFRecordError` naming the file, record and byte offset
 (`on_corrupt="fail"`) or skips it, resynchronizes and counts it in `ReadStats`
 (`on_corrupt="skip"`). Transient storage errors mid-stream are retried by reopening the file at
-the byte where the read broke off (`RetryPolicy`); when the retries run out, `StorageError`.
+the byte where the read broke off (`RetryPolicy`; glob expansion is retried the same way); when
+the retries run out, `StorageError`. Every function that opens storage takes `storage_options`,
+the keyword arguments of the fsspec filesystem (`gcsfs.GCSFileSystem`, `s3fs.S3FileSystem`, ...);
+gs:// URLs get a request timeout by default (`DEFAULT_GCS_REQUEST_TIMEOUT_S`).
 
 Decoding (`decode_example`, `decode_batch`) is a small hand-written wire-format walker; the
 `protobuf` package (its C `upb` backend, with the message classes built here from a descriptor, so
@@ -38,6 +41,7 @@ for byte (TF writes map entries in its hash map's order, which `decode_example` 
 from __future__ import annotations
 
 import array
+import functools
 import gzip
 import logging
 import operator
@@ -48,9 +52,9 @@ import struct
 import sys
 import time
 import zlib
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
-from typing import Any, Literal, TypeAlias
+from typing import Any, Literal, TypeAlias, TypeVar
 
 import fsspec
 import google_crc32c
@@ -61,6 +65,7 @@ from google.protobuf.message import DecodeError, EncodeError
 
 __all__ = [
     "DEFAULT_BLOCK_SIZE_BYTES",
+    "DEFAULT_GCS_REQUEST_TIMEOUT_S",
     "PROTO_CLASSES",
     "Example",
     "ExampleError",
@@ -75,6 +80,7 @@ __all__ = [
     "decode_batch",
     "decode_example",
     "encode_example",
+    "expand_urls",
     "iter_examples",
     "iter_records",
     "masked_crc32c",
@@ -90,6 +96,15 @@ OnCorrupt: TypeAlias = Literal["fail", "skip"]
 # Reads go to storage in blocks this big: large enough that a GCS/S3 request's latency is amortized
 # over thousands of records, small enough that the first record comes quickly and memory stays flat.
 DEFAULT_BLOCK_SIZE_BYTES = 4 << 20
+
+# gcsfs sends requests with no timeout unless given `requests_timeout`: a server that accepts the
+# connection and then stalls would hang a reader forever, below any retry. So gs:// gets this
+# timeout (seconds, per request, whole response included; aiohttp's `total`) unless the caller's
+# `storage_options` or fsspec's config (`fsspec.config.conf["gs"]`) name `requests_timeout`
+# (`None` there turns it off). 60 s still lets a 4 MiB read block (or a 5 MiB upload chunk of
+# gcsfs's) through at 90 KB/s. Read each time a filesystem is made, so tests monkeypatch it down.
+DEFAULT_GCS_REQUEST_TIMEOUT_S: float = 60.0
+_GCS_PROTOCOLS = ("gs", "gcs")
 
 _MASK_DELTA = 0xA282EAD8
 _HEADER = struct.Struct("<QI")  # length, masked CRC32C of the 8 length bytes
@@ -171,8 +186,22 @@ class RetryPolicy:
     """How a reader rides out transient storage errors (a dropped connection, a 503, a timeout).
 
     On such an error the file is closed, the reader sleeps, reopens it and seeks back to the byte
-    where the failed read started, so no record is lost or repeated. Backends such as gcsfs retry
-    single requests themselves; this layer also survives errors that break a stream mid-file.
+    where the failed read started, so no record is lost or repeated. Listing a glob's matches is
+    retried the same way.
+
+    These retries come on top of the backend's own. gcsfs retries every failed request 6 times,
+    sleeping 1, 2, 4, 8 and 16 s (plus up to 1 s of jitter each) in between, so one of our attempts
+    against a dead GCS endpoint takes ~33 s to fail; the defaults here then add up to 5 more such
+    attempts, 4-5 minutes in all. (A request that times out, see `DEFAULT_GCS_REQUEST_TIMEOUT_S`,
+    is not retried by gcsfs: against a stalled server each attempt of ours takes one timeout.)
+    s3fs and botocore retry a few times within a second or two. This layer is what survives
+    errors that break a stream mid-file, which backends do not retry.
+
+    Besides `retry_on`, these backend errors are transient (looked up in `sys.modules`, so that a
+    backend never imported is not imported for it): `botocore.exceptions.ConnectionError` and
+    `HTTPClientError` (s3fs's endpoint, connect and read errors, which are not OSErrors),
+    `aiohttp.ClientError` (a `ClientResponseError` only with one of the HTTP statuses below), and
+    `gcsfs.retry.HttpError` with code 408, 429 or 500-504.
 
     Attributes:
       max_attempts: tries per read (the first one included) before `StorageError`.
@@ -180,7 +209,7 @@ class RetryPolicy:
         each further one, up to `max_backoff_s`.
       jitter: sleep a uniformly random 50-100% of the backoff, so that many workers hit by the
         same outage do not come back in lockstep.
-      retry_on: exception types counted as transient.
+      retry_on: exception types counted as transient, besides the backend errors above.
       never_retry: subclasses of those that are not (a missing file stays missing).
     """
 
@@ -207,6 +236,45 @@ class RetryPolicy:
         """The sleep after `num_failures` (>= 1) failed tries in a row, before jitter."""
         backoff_s = self.initial_backoff_s * self.backoff_multiplier ** (num_failures - 1)
         return min(self.max_backoff_s, backoff_s)
+
+    def is_transient(self, error: BaseException) -> bool:
+        """Whether `error` is worth another try (see the class docstring)."""
+        if isinstance(error, self.never_retry):
+            return False
+        return isinstance(error, self.retry_on) or _is_transient_backend_error(error)
+
+
+# HTTP statuses that say "try again": request timeout, too many requests, server errors (the set
+# gcsfs itself retries, `gcsfs.retry.errs`).
+_TRANSIENT_HTTP_STATUSES = frozenset({408, 429, 500, 501, 502, 503, 504})
+
+
+def _loaded_types(module_name: str, *names: str) -> tuple[type[BaseException], ...]:
+    """The named exception classes of `module_name` if it is already imported, else ()."""
+    module = sys.modules.get(module_name)
+    return tuple(getattr(module, name) for name in names if hasattr(module, name))
+
+
+def _is_transient_backend_error(error: BaseException) -> bool:
+    """A storage client's error that `RetryPolicy.retry_on`'s builtin types do not catch.
+
+    Looked up in `sys.modules`: an error from a client library means it was imported, and this
+    module must not import (or depend on) every backend to recognize their errors.
+    """
+    botocore_types = _loaded_types("botocore.exceptions", "ConnectionError", "HTTPClientError")
+    if isinstance(error, botocore_types):
+        return True
+    if isinstance(error, _loaded_types("aiohttp", "ClientResponseError")):
+        return getattr(error, "status", None) in _TRANSIENT_HTTP_STATUSES
+    if isinstance(error, _loaded_types("aiohttp", "ClientError")):
+        return True
+    if isinstance(error, _loaded_types("gcsfs.retry", "HttpError")):
+        code: Any = getattr(error, "code", None)
+        try:
+            return int(code) in _TRANSIENT_HTTP_STATUSES
+        except (TypeError, ValueError):  # gcsfs keeps the code as the server sent it, maybe a str
+            return False
+    return False
 
 
 # A private generator for the jitter: drawing from the global `random` would shift the stream of
@@ -251,6 +319,85 @@ def masked_crc32c(data: bytes) -> int:
 # -------------------------------------------------------------------------------- storage layer
 
 
+_T = TypeVar("_T")
+
+
+def _url_to_fs(
+    url: str, storage_options: Mapping[str, Any] | None
+) -> tuple[AbstractFileSystem, str]:
+    """fsspec's filesystem and path for `url`, the filesystem made with `storage_options` (on top
+    of fsspec's config) and, for a gs:// URL that gets no `requests_timeout` from either, with
+    `DEFAULT_GCS_REQUEST_TIMEOUT_S`."""
+    options = dict(storage_options or {})
+    protocol, _ = fsspec.core.split_protocol(url)
+    if (
+        protocol in _GCS_PROTOCOLS
+        and "requests_timeout" not in options
+        and not any("requests_timeout" in fsspec.config.conf.get(p, {}) for p in _GCS_PROTOCOLS)
+    ):
+        options["requests_timeout"] = DEFAULT_GCS_REQUEST_TIMEOUT_S
+    return fsspec.core.url_to_fs(url, **options)
+
+
+def _with_retries(
+    call: Callable[[], _T],
+    *,
+    url: str,
+    offset: int,
+    what: str,
+    retry: RetryPolicy,
+    stats: ReadStats,
+    on_failure: Callable[[], None] | None = None,
+) -> _T:
+    """`call()`, tried again after a backoff while it fails with an error `retry` calls transient.
+
+    Args:
+      call: one storage operation.
+      url: what it works on, for messages and `StorageError.url`.
+      offset: the byte it reads at (0 when it reads none), for `StorageError.offset`.
+      what: the operation in words, for messages ("reading at byte offset 123").
+      retry: which errors are transient, how often and how long to wait.
+      stats: `num_retries` counts every retry.
+      on_failure: runs after each transient failure (e.g. to drop a broken connection).
+
+    Raises:
+      StorageError: `retry.max_attempts` tries failed with transient errors.
+      FileNotFoundError: `url` does not exist (never retried), with the URL in the message; the
+        backend's names only the path it requested.
+      Whatever else `call` raised.
+    """
+    num_failures = 0
+    while True:
+        try:
+            return call()
+        except FileNotFoundError as e:
+            raise FileNotFoundError(
+                f"{url}: no such file or object ({e}). Check the URL: protocol, bucket and path"
+            ) from e
+        except Exception as e:  # classified here: anything not transient is re-raised as it was
+            if not retry.is_transient(e):
+                raise
+            if on_failure is not None:
+                on_failure()
+            num_failures += 1
+            if num_failures >= retry.max_attempts:
+                raise StorageError(
+                    f"{url}: {what} failed {num_failures} times in a row, last with {e!r}. The "
+                    "storage looks unavailable: check connectivity and credentials and run again, "
+                    "or allow more attempts with RetryPolicy(max_attempts=...)",
+                    url=url,
+                    offset=offset,
+                    num_attempts=num_failures,
+                ) from e
+            sleep_s = retry.backoff_s(num_failures)
+            if retry.jitter:
+                sleep_s *= 0.5 + 0.5 * _jitter_rng.random()
+            stats.num_retries += 1
+            logger.warning("%s: %s failed (%r), attempt %d of %d; retrying in %.3g s",
+                           url, what, e, num_failures, retry.max_attempts, sleep_s)  # fmt: skip
+            time.sleep(sleep_s)
+
+
 class _ResumableFile:
     """A read-only, forward-reading view of one fsspec file that retries transient errors.
 
@@ -260,55 +407,44 @@ class _ResumableFile:
     """
 
     def __init__(
-        self, fs: AbstractFileSystem, path: str, url: str, retry: RetryPolicy, stats: ReadStats
+        self,
+        fs: AbstractFileSystem,
+        path: str,
+        url: str,
+        retry: RetryPolicy,
+        stats: ReadStats,
+        block_size_bytes: int,
     ) -> None:
         self._fs = fs
         self._path = path
         self._url = url
         self._retry = retry
         self._stats = stats
+        self._block_size_bytes = block_size_bytes
         self._file: Any = None
         self.pos = 0
 
     def read(self, size: int = -1) -> bytes:
-        num_failures = 0
-        while True:
-            try:
-                f = self._file
-                if f is None:
-                    f = self._file = self._fs.open(self._path, "rb")
-                # Cheap (one tell per block) and makes the position ours even where the backend
-                # hands out shared file objects (fsspec's memory filesystem does).
-                if f.tell() != self.pos:
-                    f.seek(self.pos)
-                data: bytes = f.read(size)
-            except self._retry.retry_on as e:
-                if isinstance(e, self._retry.never_retry):
-                    raise
-                self._discard()
-                num_failures += 1
-                if num_failures >= self._retry.max_attempts:
-                    raise StorageError(
-                        f"{self._url}: reading at byte offset {self.pos} failed "
-                        f"{num_failures} times in a row, last with {e!r}. The storage looks "
-                        "unavailable: check connectivity and credentials and run again, or allow "
-                        "more attempts with RetryPolicy(max_attempts=...)",
-                        url=self._url,
-                        offset=self.pos,
-                        num_attempts=num_failures,
-                    ) from e
-                sleep_s = self._retry.backoff_s(num_failures)
-                if self._retry.jitter:
-                    sleep_s *= 0.5 + 0.5 * _jitter_rng.random()
-                self._stats.num_retries += 1
-                logger.warning(
-                    "%s: read at byte offset %d failed (%r), attempt %d of %d; reopening in %.3g s",
-                    self._url, self.pos, e, num_failures, self._retry.max_attempts, sleep_s,
-                )  # fmt: skip
-                time.sleep(sleep_s)
-            else:
-                self.pos += len(data)
-                return data
+        data = _with_retries(
+            lambda: self._read_once(size), url=self._url, offset=self.pos,
+            what=f"reading at byte offset {self.pos}", retry=self._retry, stats=self._stats,
+            on_failure=self._discard,
+        )  # fmt: skip
+        self.pos += len(data)
+        return data
+
+    def _read_once(self, size: int) -> bytes:
+        f = self._file
+        if f is None:
+            # The backend's own request size: without it s3fs fetches 50 MiB (gcsfs 5 MiB) ahead
+            # on the first read, which delays the first record and defeats a small block size.
+            f = self._file = self._fs.open(self._path, "rb", block_size=self._block_size_bytes)
+        # Cheap (one tell per block) and makes the position ours even where the backend hands out
+        # shared file objects (fsspec's memory filesystem does).
+        if f.tell() != self.pos:
+            f.seek(self.pos)
+        data: bytes = f.read(size)
+        return data
 
     def seek(self, pos: int, whence: int = 0) -> int:
         assert whence == 0, "only absolute seeks are needed here"
@@ -394,8 +530,12 @@ class TFRecordReader:
         name is not trusted either way).
       on_corrupt: "fail" or "skip", as above.
       retry: how transient storage errors are retried (default `RetryPolicy()`).
-      block_size_bytes: how much is read from storage at a time.
+      block_size_bytes: how much is read from storage at a time; also the backend's request size
+        (`fs.open(..., block_size=)`), so it does not fetch its own default ahead.
       stats: counters to add to; a fresh `ReadStats` by default (see `stats`).
+      storage_options: keyword arguments for the fsspec filesystem of `url`, on top of fsspec's
+        config (e.g. `{"requests_timeout": 30}` for gcsfs, `{"config_kwargs": {...}}` for s3fs);
+        gs:// gets `requests_timeout=DEFAULT_GCS_REQUEST_TIMEOUT_S` unless one is set.
     """
 
     url: str
@@ -404,6 +544,7 @@ class TFRecordReader:
     retry: RetryPolicy
     block_size_bytes: int
     stats: ReadStats
+    storage_options: dict[str, Any]
     record_index: int
     record_offset: int
 
@@ -416,6 +557,7 @@ class TFRecordReader:
         retry: RetryPolicy | None = None,
         block_size_bytes: int = DEFAULT_BLOCK_SIZE_BYTES,
         stats: ReadStats | None = None,
+        storage_options: Mapping[str, Any] | None = None,
     ) -> None:
         self.url = os.fspath(url)
         self._location: tuple[AbstractFileSystem, str] | None = None  # resolved when first read
@@ -428,6 +570,7 @@ class TFRecordReader:
             raise ValueError(f"block_size_bytes must be positive, got {block_size_bytes}")
         self.block_size_bytes = block_size_bytes
         self.stats = stats if stats is not None else ReadStats()
+        self.storage_options = dict(storage_options or {})
         self.record_index = -1
         self.record_offset = -1
 
@@ -435,16 +578,17 @@ class TFRecordReader:
     def _resolved(
         cls, fs: AbstractFileSystem, path: str, url: str, **kwargs: Any
     ) -> TFRecordReader:
-        """A reader of `path` on `fs` (already resolved, e.g. by a glob), shown as `url`."""
+        """A reader of `path` on `fs` (already resolved, e.g. by a glob), shown as `url`; any
+        `storage_options` among `kwargs` are not used, `fs` being made already."""
         reader = cls(url, **kwargs)
         reader._location = (fs, path)
         return reader
 
     def __iter__(self) -> Iterator[bytes]:
         if self._location is None:
-            self._location = fsspec.core.url_to_fs(self.url)
+            self._location = _url_to_fs(self.url, self.storage_options)
         fs, path = self._location
-        raw = _ResumableFile(fs, path, self.url, self.retry, self.stats)
+        raw = _ResumableFile(fs, path, self.url, self.retry, self.stats, self.block_size_bytes)
         try:
             yield from self._records(raw)
         finally:
@@ -587,20 +731,51 @@ def _read_compression(compression: str | None) -> str | None:
     )
 
 
-def expand_urls(url_or_glob: str | os.PathLike[str] | Sequence[str | os.PathLike[str]]) -> Iterator[
-    tuple[AbstractFileSystem, str, str]
-]:
-    """(filesystem, path, url) of every file named or matched, globs sorted by name."""
+def expand_urls(
+    url_or_glob: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
+    *,
+    retry: RetryPolicy | None = None,
+    stats: ReadStats | None = None,
+    storage_options: Mapping[str, Any] | None = None,
+) -> Iterator[tuple[AbstractFileSystem, str, str]]:
+    """(filesystem, path, url) of every file named or matched, globs sorted by name.
+
+    A name without glob characters is yielded as is, unchecked; a glob is listed on its storage,
+    which is retried like a read.
+
+    Args:
+      url_or_glob: one URL or glob, or a list of them.
+      retry: how transient errors listing a glob are retried (default `RetryPolicy()`).
+      stats: `num_retries` counts those retries.
+      storage_options: as `TFRecordReader`'s.
+
+    Yields:
+      (fs, path, url) of each file, url being its full URL.
+
+    Raises:
+      FileNotFoundError: a glob that matches nothing.
+      StorageError: listing a glob still failing after the retries; `url` is the glob and
+        `offset` 0.
+    """
+    retry = retry if retry is not None else RetryPolicy()
+    stats = stats if stats is not None else ReadStats()
     urls = [url_or_glob] if isinstance(url_or_glob, (str, os.PathLike)) else list(url_or_glob)
     for url in map(os.fspath, urls):
-        fs, path = fsspec.core.url_to_fs(url)
+        fs, path = _url_to_fs(url, storage_options)
         if not any(ch in path for ch in "*?["):
             yield fs, path, url
             continue
-        matches = fs.glob(path, detail=True)
+        no_match = f"no files match {url!r}; check the path and the pattern"
+        try:
+            matches = _with_retries(
+                functools.partial(fs.glob, path, detail=True), url=url, offset=0,
+                what="listing the files it matches", retry=retry, stats=stats,
+            )  # fmt: skip
+        except FileNotFoundError as e:  # some backends say so for a missing prefix or bucket
+            raise FileNotFoundError(no_match) from e
         files = sorted(p for p, info in matches.items() if info.get("type") != "directory")
         if not files:
-            raise FileNotFoundError(f"no files match {url!r}; check the path and the pattern")
+            raise FileNotFoundError(no_match)
         for p in files:
             yield fs, p, fs.unstrip_protocol(p)
 
@@ -613,6 +788,7 @@ def iter_records(
     retry: RetryPolicy | None = None,
     block_size_bytes: int = DEFAULT_BLOCK_SIZE_BYTES,
     stats: ReadStats | None = None,
+    storage_options: Mapping[str, Any] | None = None,
 ) -> Iterator[bytes]:
     """The raw payloads of every record of one file, a glob, or a list of either, in order.
 
@@ -620,11 +796,13 @@ def iter_records(
 
     Raises:
       TFRecordError: a corrupt or truncated record, with `on_corrupt="fail"`.
-      StorageError: storage still failing after the retries.
-      FileNotFoundError: a missing file, or a glob that matches nothing.
+      StorageError: storage still failing after the retries (reading, or listing a glob).
+      FileNotFoundError: a missing file (the message names its URL), or a glob that matches
+        nothing.
     """
     stats = stats if stats is not None else ReadStats()
-    for fs, path, url in expand_urls(url_or_glob):
+    files = expand_urls(url_or_glob, retry=retry, stats=stats, storage_options=storage_options)
+    for fs, path, url in files:
         reader = TFRecordReader._resolved(
             fs, path, url, compression=compression, on_corrupt=on_corrupt, retry=retry,
             block_size_bytes=block_size_bytes, stats=stats,
@@ -640,16 +818,20 @@ def iter_examples(
     retry: RetryPolicy | None = None,
     block_size_bytes: int = DEFAULT_BLOCK_SIZE_BYTES,
     stats: ReadStats | None = None,
+    storage_options: Mapping[str, Any] | None = None,
 ) -> Iterator[Example]:
     """The decoded `tf.train.Example`s of every record (see `decode_example` for the values).
 
     With `on_corrupt="skip"`, a record whose CRCs pass but which is not a valid Example is skipped
     and counted in `stats.num_skipped_records` too.
 
+    Args: as `TFRecordReader`.
+
     Raises: as `iter_records`; `TFRecordError` (an `ExampleError`) for an undecodable payload.
     """
     stats = stats if stats is not None else ReadStats()
-    for fs, path, url in expand_urls(url_or_glob):
+    files = expand_urls(url_or_glob, retry=retry, stats=stats, storage_options=storage_options)
+    for fs, path, url in files:
         reader = TFRecordReader._resolved(
             fs, path, url, compression=compression, on_corrupt=on_corrupt, retry=retry,
             block_size_bytes=block_size_bytes, stats=stats,
@@ -1257,20 +1439,27 @@ class TFRecordWriter:
     Args:
       url: the file to create or overwrite.
       compression: "GZIP", "" (none), or None: GZIP if the name ends in ".gz".
+      storage_options: as `TFRecordReader`'s.
     """
 
     url: str
     compression: str
     num_records: int
 
-    def __init__(self, url: str | os.PathLike[str], compression: str | None = None) -> None:
+    def __init__(
+        self,
+        url: str | os.PathLike[str],
+        compression: str | None = None,
+        *,
+        storage_options: Mapping[str, Any] | None = None,
+    ) -> None:
         self.url = os.fspath(url)
         mode = _read_compression(compression)
         if mode is None:
             mode = "GZIP" if self.url.endswith(".gz") else ""
         self.compression = mode
         self.num_records = 0
-        fs, path = fsspec.core.url_to_fs(self.url)
+        fs, path = _url_to_fs(self.url, storage_options)
         fs.makedirs(fs._parent(path), exist_ok=True)
         self._file: Any = fs.open(path, "wb")
         self._out: Any = self._file
@@ -1309,6 +1498,8 @@ def write_examples(
     url: str | os.PathLike[str],
     examples: Iterable[Mapping[str, Any]],
     compression: str | None = None,
+    *,
+    storage_options: Mapping[str, Any] | None = None,
 ) -> int:
     """Write each example (see `encode_example`) as a record of a new TFRecord file.
 
@@ -1316,6 +1507,7 @@ def write_examples(
       url: the file, anywhere fsspec writes.
       examples: dicts of feature name -> values.
       compression: "GZIP", "" (none), or None: GZIP if `url` ends in ".gz".
+      storage_options: as `TFRecordReader`'s.
 
     Returns:
       The number of records written.
@@ -1323,7 +1515,7 @@ def write_examples(
     Raises:
       ExampleError: a value that cannot be encoded.
     """
-    with TFRecordWriter(url, compression) as writer:
+    with TFRecordWriter(url, compression, storage_options=storage_options) as writer:
         for example in examples:
             writer.write_example(example)
     return writer.num_records

@@ -9,9 +9,12 @@ import json
 import logging
 import math
 import random
+import re
 import struct
+import subprocess
+import sys
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
@@ -592,23 +595,36 @@ def test_fsspec_urls_and_globs(tmp_path: Path) -> None:
     assert "bad.tfrecord" in str(info.value) and str(info.value).startswith("memory://")
 
 
-# A test double for a network outage: a memory filesystem whose files fail some reads.
+# A test double for a network outage: a memory filesystem whose files fail some reads, and whose
+# globs fail some listings.
 class FlakyMemoryFileSystem(MemoryFileSystem):
     protocol = ("flakymem",)
     store: dict[str, Any] = {}
     pseudo_dirs = [""]
     fail_from_offset = 0
     num_failures_left = 0
-    error: type[BaseException] = OSError
+    num_glob_failures_left = 0
+    error: Callable[[str], BaseException] = OSError
     reads: list[tuple[int, int]] = []  # (offset, bytes returned) of every read
+    opens: list[dict[str, Any]] = []  # mode, block_size and the instance's storage options
 
     @classmethod
     def _strip_protocol(cls, path: str) -> str:
         return super()._strip_protocol(path.removeprefix("flakymem://"))
 
     def _open(self, path: str, mode: str = "rb", **kwargs: Any) -> Any:
+        FlakyMemoryFileSystem.opens.append(
+            {"mode": mode, "block_size": kwargs.get("block_size"), **self.storage_options}
+        )
         f = super()._open(path, mode, **kwargs)
         return _FlakyFile(f) if mode == "rb" else f
+
+    def glob(self, path: str, **kwargs: Any) -> Any:
+        fs = FlakyMemoryFileSystem
+        if fs.num_glob_failures_left:
+            fs.num_glob_failures_left -= 1
+            raise fs.error(f"simulated outage listing {path}")
+        return super().glob(path, **kwargs)
 
 
 class _FlakyFile(io.RawIOBase):
@@ -640,6 +656,7 @@ def flaky() -> Iterator[type[FlakyMemoryFileSystem]]:
     fs = FlakyMemoryFileSystem
     fs.store.clear()
     fs.reads, fs.num_failures_left, fs.fail_from_offset, fs.error = [], 0, 0, OSError
+    fs.opens, fs.num_glob_failures_left = [], 0
     yield fs
     fs.store.clear()
 
@@ -701,12 +718,137 @@ def test_storage_error_after_the_last_attempt(
     assert isinstance(info.value.__cause__, OSError)
 
 
-def test_missing_files_are_not_retried(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_missing_files_are_not_retried(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     sleeps: list[float] = []
     monkeypatch.setattr(tfrecord.time, "sleep", sleeps.append)
-    with pytest.raises(FileNotFoundError):
-        list(iter_records(memory_url()))
+    for url in (memory_url(), str(tmp_path / "missing.tfrecord")):
+        # Named in full: a backend's own error names only the path it asked for.
+        with pytest.raises(FileNotFoundError, match=re.escape(url)) as info:
+            list(iter_records(url))
+        assert isinstance(info.value.__cause__, FileNotFoundError)
     assert sleeps == []
+
+
+def test_reads_ask_the_backend_for_blocks_of_the_block_size(
+    flaky: type[FlakyMemoryFileSystem],
+) -> None:
+    url = "flakymem://blocks/data.tfrecord"
+    write_examples(url, small_examples(10))
+    assert len(list(iter_records(url, block_size_bytes=8192))) == 10
+    assert [o["block_size"] for o in flaky.opens if o["mode"] == "rb"] == [8192]
+
+
+def test_storage_options_reach_the_filesystem(flaky: type[FlakyMemoryFileSystem]) -> None:
+    url, options = "flakymem://options/data.tfrecord", {"flavour": "test"}
+    write_examples(url, small_examples(3), storage_options=options)
+    assert list(iter_examples(url, storage_options=options)) == small_examples(3)
+    assert list(iter_records("flakymem://options/*.tfrecord", storage_options=options))
+    assert len(list(TFRecordReader(url, storage_options=options))) == 3
+    assert [o["flavour"] for o in flaky.opens] == ["test"] * 4
+    ((fs, _, _),) = tfrecord.expand_urls("flakymem://options/*", storage_options=options)
+    assert fs.storage_options == options
+
+
+def test_gcs_gets_a_default_request_timeout(
+    _gcs_client_settings: None, loopback_only: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(fsspec.config.conf, "gs", {"token": "anon"})
+    url = "gs://bucket/data.tfrecord"
+
+    def timeout(storage_options: dict[str, Any] | None = None) -> Any:
+        return tfrecord._url_to_fs(url, storage_options)[0].requests_timeout
+
+    assert timeout() == tfrecord.DEFAULT_GCS_REQUEST_TIMEOUT_S == 60
+    assert timeout({"requests_timeout": 5}) == 5
+    assert timeout({"requests_timeout": None}) is None  # the caller's choice
+    monkeypatch.setitem(fsspec.config.conf, "gs", {"token": "anon", "requests_timeout": 7})
+    assert timeout() == 7
+    assert "requests_timeout" not in tfrecord._url_to_fs(memory_url(), None)[0].storage_options
+
+
+def test_a_glob_listing_is_retried(
+    flaky: type[FlakyMemoryFileSystem], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sleeps: list[float] = []
+    monkeypatch.setattr(tfrecord.time, "sleep", sleeps.append)
+    write_examples("flakymem://glob/a.tfrecord", small_examples(5))
+    glob = "flakymem://glob/*.tfrecord"
+    flaky.num_glob_failures_left = 2
+    stats = ReadStats()
+    retry = RetryPolicy(max_attempts=3, initial_backoff_s=0.5, jitter=False)
+    assert len(list(iter_records(glob, retry=retry, stats=stats))) == 5
+    assert stats.num_retries == 2 and sleeps == [0.5, 1.0]
+
+    flaky.num_glob_failures_left = 3
+    with pytest.raises(StorageError, match=re.escape(glob)) as info:
+        list(iter_records(glob, retry=retry))
+    assert (info.value.url, info.value.offset, info.value.num_attempts) == (glob, 0, 3)
+    assert isinstance(info.value.__cause__, OSError)
+
+
+def _aiohttp_response_error(status: int) -> BaseException:
+    import aiohttp
+
+    return aiohttp.ClientResponseError(None, (), status=status)  # type: ignore[arg-type]
+
+
+def _backend_errors() -> list[Any]:
+    import aiohttp
+    import botocore.exceptions as boto
+    from gcsfs.retry import HttpError
+
+    return [
+        pytest.param(boto.EndpointConnectionError(endpoint_url="x"), True, id="boto-endpoint"),
+        pytest.param(boto.ReadTimeoutError(endpoint_url="x"), True, id="boto-read-timeout"),
+        pytest.param(boto.ResponseStreamingError(error="reset"), True, id="boto-streaming"),
+        pytest.param(boto.NoCredentialsError(), False, id="boto-no-credentials"),
+        pytest.param(aiohttp.ClientPayloadError("cut"), True, id="aiohttp-payload"),
+        pytest.param(_aiohttp_response_error(503), True, id="aiohttp-503"),
+        pytest.param(_aiohttp_response_error(403), False, id="aiohttp-403"),
+        pytest.param(HttpError({"code": 503, "message": "busy"}), True, id="gcsfs-503"),
+        pytest.param(HttpError({"code": "429", "message": "slow"}), True, id="gcsfs-429-str"),
+        pytest.param(HttpError({"code": 408, "message": "timeout"}), True, id="gcsfs-408"),
+        pytest.param(HttpError({"code": 400, "message": "bad"}), False, id="gcsfs-400"),
+        pytest.param(HttpError(), False, id="gcsfs-no-code"),
+        pytest.param(ValueError("not storage"), False, id="value-error"),
+        pytest.param(PermissionError("denied"), False, id="permission"),
+    ]
+
+
+@pytest.mark.parametrize(("error", "transient"), _backend_errors())
+def test_backend_errors_that_are_transient(error: BaseException, transient: bool) -> None:
+    assert RetryPolicy().is_transient(error) is transient
+
+
+def test_a_backend_error_is_retried_from_the_same_offset(
+    flaky: type[FlakyMemoryFileSystem], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import botocore.exceptions
+
+    url = "flakymem://boto/data.tfrecord"
+    examples = small_examples(3000)
+    write_examples(url, examples)
+    monkeypatch.setattr(tfrecord.time, "sleep", lambda s: None)
+
+    def error(message: str) -> BaseException:
+        return botocore.exceptions.EndpointConnectionError(endpoint_url=message)
+
+    flaky.fail_from_offset, flaky.num_failures_left, flaky.error = 20000, 2, error
+    stats = ReadStats()
+    assert list(iter_examples(url, stats=stats, block_size_bytes=8192)) == examples
+    assert stats.num_retries == 2
+
+
+def test_backend_errors_are_recognized_without_importing_backends() -> None:
+    code = (
+        "import sys; from jobs.data.tfrecord import RetryPolicy; "
+        "assert not RetryPolicy().is_transient(ValueError()); "
+        "print(sorted(m for m in ('aiohttp', 'botocore', 'gcsfs', 's3fs') if m in sys.modules))"
+    )
+    root = Path(__file__).resolve().parents[2]
+    out = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True,
+                         check=True, timeout=60)  # fmt: skip
+    assert out.stdout.strip() == "[]"
 
 
 def test_retry_policy_backoff() -> None:
