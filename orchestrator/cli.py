@@ -264,5 +264,204 @@ def inspect(
         raise typer.Exit(1)
 
 
+# --- the job controller: submit, list, status, cancel, events, serve ------------------------------------
+# These talk to the HTTP API when BERTFLEET_API and BERTFLEET_TOKEN are set, else to the local job store
+# (BERTFLEET_DB or ~/.bertfleet/bertfleet.db); see orchestrator/client.py.
+
+
+def _client():
+    from orchestrator.client import ClientError, connect
+
+    try:
+        return connect()
+    except ClientError as err:
+        _fail(str(err))
+
+
+def _call(fn):
+    from orchestrator.client import ClientError
+
+    try:
+        return fn()
+    except ClientError as err:
+        _fail(str(err))
+
+
+def _print_json(value) -> None:
+    typer.echo(json.dumps(value, indent=2))
+
+
+def _progress_text(job: dict) -> str:
+    progress = job.get("progress") or {}
+    if progress.get("step") is None:
+        return "-"
+    text = f"{progress['step']}/{progress['total']}" if progress.get("total") else str(progress["step"])
+    if progress.get("loss") is not None:
+        text += f" loss {progress['loss']:.4g}"
+    return text
+
+
+def _when(iso: str | None) -> str:
+    return iso.replace("T", " ")[:19] if iso else "-"
+
+
+@app.command()
+def submit(
+    spec_file: Annotated[Path, typer.Argument(help="Job spec (YAML).")],
+    priority: Annotated[int, typer.Option(help="Higher runs first (-1000..1000).")] = 0,
+    idempotency_key: Annotated[Optional[str], typer.Option(help="Retrying a submit with the same key creates "
+                                                           "one job, not two.")] = None,
+    overrides: Annotated[Optional[list[str]], typer.Option("--set", help="section.key=value (repeatable).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the job as JSON.")] = False,
+) -> None:
+    """Validates a job spec and queues it; answers with the job id at once."""
+    spec = _load_spec(spec_file, overrides)
+    client = _client()
+    job = _call(lambda: client.submit(spec, priority, idempotency_key))
+    if as_json:
+        _print_json(job)
+        return
+    again = "" if job.get("created", True) else " (already submitted with this idempotency key)"
+    typer.echo(f"{job['id']} {job['state']} priority {job['priority']}{again}")
+
+
+@app.command("list")
+def list_jobs(
+    state: Annotated[Optional[str], typer.Option(help="Only jobs in this state (QUEUED, RUNNING, ...).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Lists jobs, oldest first."""
+    from rich.table import Table
+
+    client = _client()
+    jobs = _call(lambda: client.jobs(state))
+    if as_json:
+        _print_json(jobs)
+        return
+    table = Table(title=f"jobs at {client.where}", title_justify="left")
+    for column in ("ID", "NAME", "KIND", "PRI", "STATE", "ATTEMPTS", "PROGRESS", "SUBMITTED"):
+        table.add_column(column, no_wrap=column in ("ID", "STATE"))
+    for job in jobs:
+        table.add_row(job["id"], job["name"], job["kind"], str(job["priority"]), job["state"],
+                      f"{job['num_attempts']} ({job['num_failures']} failed, {job['num_preemptions']} preempted)",
+                      _progress_text(job), _when(job["submitted_at"]))
+    Console().print(table)
+
+
+@app.command()
+def status(
+    job_id: Annotated[str, typer.Argument(help="Job id (from submit or list).")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON (with the resolved spec).")] = False,
+) -> None:
+    """Shows where one job stands."""
+    from rich.table import Table
+
+    client = _client()
+    job = _call(lambda: client.get(job_id))
+    if as_json:
+        _print_json(job)
+        return
+    table = Table(show_header=False, title=f"job {job['id']}", title_justify="left")
+    table.add_column("field", style="bold")
+    table.add_column("value")
+    rows = [("name", job["name"]), ("kind", job["kind"]), ("state", job["state"]), ("priority", job["priority"]),
+            ("submitted", _when(job["submitted_at"])), ("started", _when(job["started_at"])),
+            ("finished", _when(job["finished_at"])), ("attempts", job["num_attempts"]),
+            ("failures", job["num_failures"]), ("preemptions", job["num_preemptions"]),
+            ("progress", _progress_text(job)), ("checkpoint step", job["checkpoint_step"]),
+            ("output_dir", (job.get("spec") or {}).get("output", {}).get("output_dir"))]
+    if job.get("next_attempt_after") and job["state"] == "QUEUED":
+        rows.append(("retry after", _when(job["next_attempt_after"])))
+    if job.get("cancel_requested"):
+        rows.append(("cancel", "requested; the controller is stopping the run"))
+    if job.get("last_error"):
+        rows.append(("last error", job["last_error"]))
+    for name, value in rows:
+        table.add_row(name, "-" if value is None else str(value))
+    Console().print(table)
+
+
+@app.command()
+def cancel(
+    job_id: Annotated[str, typer.Argument(help="Job id.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print the job as JSON.")] = False,
+) -> None:
+    """Cancels a job: at once if it is not running, else the controller stops its run first."""
+    client = _client()
+    job = _call(lambda: client.cancel(job_id))
+    if as_json:
+        _print_json(job)
+    elif job["state"] == "CANCELLED":
+        typer.echo(f"{job['id']} CANCELLED")
+    else:
+        typer.echo(f"{job['id']} {job['state']}: cancel requested; the controller stops the run, then marks it "
+                   "CANCELLED")
+
+
+@app.command()
+def events(
+    job_id: Annotated[str, typer.Argument(help="Job id.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Lists a job's state changes with their reasons, oldest first."""
+    from rich.table import Table
+
+    client = _client()
+    found = _call(lambda: client.events(job_id))
+    if as_json:
+        _print_json(found)
+        return
+    table = Table(title=f"events of {job_id}", title_justify="left")
+    for column in ("TIME", "FROM", "TO", "REASON"):
+        table.add_column(column, no_wrap=column != "REASON")
+    for e in found:
+        table.add_row(_when(e["time"]), e["from_state"] or "-", e["to_state"], e["reason"])
+    Console().print(table)
+
+
+@app.command()
+def serve(
+    host: Annotated[str, typer.Option(help="Address to bind; anything but 127.0.0.1 belongs behind TLS.")] = "127.0.0.1",
+    port: int = 8470,
+    db: Annotated[Optional[str], typer.Option(help="SQLAlchemy URL or SQLite file (default: BERTFLEET_DB or "
+                                              "~/.bertfleet/bertfleet.db).")] = None,
+    storage_root: Annotated[Optional[str], typer.Option(help="Jobs' output_dir must lie under this path/URL.")] = None,
+    controller: Annotated[bool, typer.Option("--controller/--no-controller", help="Also run the controller "
+                                             "(on a local or connected Ray cluster).")] = True,
+) -> None:
+    """Runs the HTTP API (token from BERTFLEET_TOKEN) and the job controller."""
+    import logging
+    import os
+    import threading
+
+    from orchestrator.api import create_app
+    from orchestrator.api import serve as serve_api
+    from orchestrator.store import Store
+
+    token = os.environ.get("BERTFLEET_TOKEN", "")
+    if len(token) < 16:
+        _fail("set BERTFLEET_TOKEN to a secret of at least 16 characters, e.g. "
+              "export BERTFLEET_TOKEN=$(python -c 'import secrets; print(secrets.token_urlsafe(32))')")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", datefmt="%H:%M:%S")
+    store = Store(db)
+    if not controller:
+        serve_api(create_app(store, token, storage_root=storage_root), host, port)
+        return
+    from cluster.local import local_ray
+    from orchestrator.controller import Controller, RayLauncher, ray_nodes
+
+    with local_ray():
+        loop = Controller(store, RayLauncher(), ray_nodes)
+        stop = threading.Event()
+        thread = threading.Thread(target=loop.run_forever, kwargs={"stop": stop}, name="controller", daemon=True)
+        thread.start()
+        try:
+            serve_api(create_app(store, token, controller=loop, storage_root=storage_root), host, port)
+        finally:
+            stop.set()
+            loop.wake()
+            thread.join(timeout=30)
+
+
 def main() -> None:  # pragma: no cover - the console-script entry point
     sys.exit(app())

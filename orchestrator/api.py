@@ -1,0 +1,203 @@
+"""The HTTP API of the job controller (FastAPI): submit, list, get, cancel, events, metrics, logs.
+
+Every request, documentation included, needs `Authorization: Bearer <token>` (compared in constant
+time; 401 otherwise). Submitted specs go through orchestrator/admission.py (safe YAML only, no
+secrets, validated, output_dir under the storage root); the answer never repeats the token or a
+refused secret. `serve` binds 127.0.0.1 unless told otherwise.
+
+    POST /jobs                 {"spec": {...} | "yaml text", "priority": 0}; header Idempotency-Key
+                               -> 201 {job} (200 with the first job when the key was seen before)
+    GET  /jobs?state=RUNNING   -> {"jobs": [{job}, ...]}
+    GET  /jobs/{id}            -> {job, "spec": {...}}
+    POST /jobs/{id}/cancel     -> {job} (a RUNNING job: cancel_requested, the controller stops it)
+    GET  /jobs/{id}/events     -> {"events": [{time, job_id, from_state, to_state, reason}, ...]}
+    GET  /jobs/{id}/metrics?limit=1000&since_step=N -> {"metrics": [{step, time, ...}, ...]}
+    GET  /jobs/{id}/logs?lines=200 -> text/plain, the tail of output_dir/job.log
+Errors: {"detail": "..."} with 400 (bad spec or request), 401, 404 (no such job), 409 (a transition
+the job's state does not allow, or an idempotency key reused for another spec), 413 (body too big).
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import re
+from typing import TYPE_CHECKING, Any
+
+from fastapi import FastAPI, Query, Request
+from fastapi.responses import JSONResponse, PlainTextResponse
+from starlette.concurrency import run_in_threadpool
+
+from jobs.spec import SpecError
+from orchestrator import outputs
+from orchestrator.admission import admit, redact
+from orchestrator.state import IllegalTransition, JobState
+from orchestrator.store import IdempotencyConflict, JobNotFound, Store
+
+if TYPE_CHECKING:
+    from orchestrator.controller import Controller
+
+MAX_BODY_BYTES = 1 << 20
+_IDEMPOTENCY_KEY = re.compile(r"[A-Za-z0-9._:\-]{1,200}")
+
+
+class BadRequest(ValueError):
+    """A request the API cannot use (not a spec problem: those are SpecError)."""
+
+
+class _PayloadTooLarge(ValueError):
+    pass
+
+
+def _error(status: int, detail: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse({"detail": detail}, status_code=status, headers=headers)
+
+
+def create_app(store: Store, token: str, controller: Controller | None = None, storage_root: str | None = None,
+               max_body_bytes: int = MAX_BODY_BYTES) -> FastAPI:
+    """The API over `store`.
+
+    Args:
+        store: the job store.
+        token: the bearer token every request must present (at least 16 characters).
+        controller: woken after a submit or cancel so it acts at once (None: it polls on its own).
+        storage_root: when set, every job's output.output_dir must lie under it (relative ones are
+            put under it).
+        max_body_bytes: larger request bodies are refused with 413.
+
+    Raises:
+        ValueError: a missing or short token.
+    """
+    if not token or len(token) < 16:
+        raise ValueError("the API token must be at least 16 characters (e.g. python -c 'import secrets; "
+                         "print(secrets.token_urlsafe(32))')")
+    expected = token.encode()
+    app = FastAPI(title="bertfleet", docs_url=None, redoc_url=None)
+
+    @app.middleware("http")
+    async def require_token(request: Request, call_next: Any) -> Any:
+        scheme, _, presented = request.headers.get("authorization", "").partition(" ")
+        # compare_digest takes time independent of where the strings differ
+        if not (scheme.lower() == "bearer" and hmac.compare_digest(presented.strip().encode(), expected)):
+            return _error(401, "missing or wrong token: send the header 'Authorization: Bearer <token>'",
+                          {"WWW-Authenticate": "Bearer"})
+        return await call_next(request)
+
+    @app.exception_handler(SpecError)
+    async def _spec_error(_request: Request, err: SpecError) -> JSONResponse:
+        return _error(400, redact(str(err)))
+
+    @app.exception_handler(BadRequest)
+    async def _bad_request(_request: Request, err: BadRequest) -> JSONResponse:
+        return _error(400, str(err))
+
+    @app.exception_handler(_PayloadTooLarge)
+    async def _too_large(_request: Request, err: _PayloadTooLarge) -> JSONResponse:
+        return _error(413, str(err))
+
+    @app.exception_handler(JobNotFound)
+    async def _not_found(_request: Request, err: JobNotFound) -> JSONResponse:
+        return _error(404, str(err))
+
+    @app.exception_handler(IllegalTransition)
+    async def _conflict(_request: Request, err: IllegalTransition) -> JSONResponse:
+        return _error(409, str(err))
+
+    @app.exception_handler(IdempotencyConflict)
+    async def _idempotency(_request: Request, err: IdempotencyConflict) -> JSONResponse:
+        return _error(409, str(err))
+
+    def _wake() -> None:
+        if controller is not None:
+            controller.wake()
+
+    @app.post("/jobs")
+    async def submit(request: Request) -> JSONResponse:
+        body = await _read_body(request, max_body_bytes)
+        key = request.headers.get("idempotency-key")
+        if key is not None and not _IDEMPOTENCY_KEY.fullmatch(key):
+            raise BadRequest("Idempotency-Key: 1 to 200 characters of letters, digits and . _ : - (e.g. a UUID)")
+        raw, priority = _parse_submit(body)
+        spec = await run_in_threadpool(admit, raw, storage_root, "spec")
+        job, created = await run_in_threadpool(store.submit, spec, priority, key)
+        if created:
+            _wake()
+        return JSONResponse(job.to_dict() | {"created": created}, status_code=201 if created else 200,
+                            headers={"Location": f"/jobs/{job.id}"})
+
+    @app.get("/jobs")
+    def list_jobs(state: str | None = None, limit: int = Query(1000, ge=1, le=10000)) -> dict[str, Any]:
+        try:
+            wanted = JobState.parse(state) if state else None
+        except ValueError as err:
+            raise BadRequest(f"state: {err}") from None
+        return {"jobs": [job.to_dict() for job in store.jobs(wanted, limit=limit)]}
+
+    @app.get("/jobs/{job_id}")
+    def get_job(job_id: str) -> dict[str, Any]:
+        return store.get(job_id).to_dict(with_spec=True)
+
+    @app.post("/jobs/{job_id}/cancel")
+    def cancel(job_id: str) -> dict[str, Any]:
+        job = store.cancel(job_id, who="the API")
+        _wake()
+        return job.to_dict()
+
+    @app.get("/jobs/{job_id}/events")
+    def events(job_id: str) -> dict[str, Any]:
+        return {"events": [e.to_dict() for e in store.events(job_id)]}
+
+    @app.get("/jobs/{job_id}/metrics")
+    def metrics(job_id: str, limit: int = Query(1000, ge=1, le=100000),
+                since_step: int | None = None) -> dict[str, Any]:
+        job = store.get(job_id)
+        return {"job_id": job.id, "metrics": outputs.read_metrics(job.spec.output.output_dir, limit, since_step)}
+
+    @app.get("/jobs/{job_id}/logs", response_class=PlainTextResponse)
+    def logs(job_id: str, lines: int = Query(200, ge=1, le=100000)) -> str:
+        job = store.get(job_id)
+        tail = outputs.tail_lines(f"{job.spec.output.output_dir.rstrip('/')}/{outputs.LOG_FILE}", lines)
+        return "\n".join(tail) + ("\n" if tail else "")
+
+    return app
+
+
+async def _read_body(request: Request, max_bytes: int) -> bytes:
+    """The request body, refusing (without reading it all) one larger than max_bytes."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > max_bytes:
+        raise _PayloadTooLarge(f"request body of {declared} bytes is over the limit of {max_bytes}")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > max_bytes:
+            raise _PayloadTooLarge(f"request body is over the limit of {max_bytes} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _parse_submit(body: bytes) -> tuple[Any, int]:
+    """(raw spec: a mapping or YAML text, priority) from a submit body."""
+    try:
+        payload = json.loads(body)
+    except ValueError:
+        raise BadRequest('the body must be JSON: {"spec": {...} or "<yaml text>", "priority": 0}') from None
+    if not isinstance(payload, dict) or "spec" not in payload:
+        raise BadRequest('the body must be a JSON object with a "spec" (a mapping or YAML text)')
+    unknown = sorted(set(payload) - {"spec", "priority"})
+    if unknown:
+        raise BadRequest(f"unknown field(s) {', '.join(map(repr, unknown))}; a submit takes spec and priority")
+    raw, priority = payload["spec"], payload.get("priority", 0)
+    if not isinstance(raw, (dict, str)):
+        raise BadRequest(f"spec: a mapping or YAML text, got {type(raw).__name__}")
+    if isinstance(priority, bool) or not isinstance(priority, int) or not -1000 <= priority <= 1000:
+        raise BadRequest("priority: an integer from -1000 to 1000 (higher runs first)")
+    return raw, priority
+
+
+def serve(app: FastAPI, host: str = "127.0.0.1", port: int = 8470) -> None:
+    """Runs the API with uvicorn until interrupted. Bind another host only behind TLS (a proxy):
+    the token travels in every request."""
+    import uvicorn
+
+    uvicorn.run(app, host=host, port=port, log_level="info", server_header=False)
