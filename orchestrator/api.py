@@ -13,6 +13,13 @@ refused secret. `serve` binds 127.0.0.1 unless told otherwise.
     GET  /jobs/{id}/events     -> {"events": [{time, job_id, from_state, to_state, reason}, ...]}
     GET  /jobs/{id}/metrics?limit=1000&since_step=N -> {"metrics": [{step, time, ...}, ...]}
     GET  /jobs/{id}/logs?lines=200 -> text/plain, the tail of output_dir/job.log
+    GET  /metrics              -> Prometheus text format (orchestrator/metrics.py); behind the token like
+                               everything else: give the scraper `authorization: {credentials_file: ...}`
+    GET  /cluster              -> {"source", "message", "nodes": [...]} (orchestrator/dashboard/cluster.py)
+    GET  /dashboard/jobs?state=RUNNING -> GET /jobs plus model size, resources, ETA per job (the jobs table)
+    GET  /                     the dashboard's login shell, and /ui/login.js, /ui/login.css: the only
+                               responses served without the token (static, no data); /ui/app.js and
+                               /ui/app.css, the dashboard itself, need it (orchestrator/dashboard/)
 Errors: {"detail": "..."} with 400 (bad spec or request), 401, 404 (no such job), 409 (a transition
 the job's state does not allow, or an idempotency key reused for another spec), 413 (body too big).
 """
@@ -25,11 +32,12 @@ import re
 from typing import TYPE_CHECKING, Any
 
 from fastapi import FastAPI, Query, Request
-from fastapi.responses import JSONResponse, PlainTextResponse
+from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, Response
 from starlette.concurrency import run_in_threadpool
 
 from jobs.spec import SpecError
-from orchestrator import outputs
+from orchestrator import dashboard, outputs
+from orchestrator import metrics as prometheus_metrics
 from orchestrator.admission import admit, redact
 from orchestrator.state import IllegalTransition, JobState
 from orchestrator.store import IdempotencyConflict, JobNotFound, Store
@@ -38,6 +46,15 @@ if TYPE_CHECKING:
     from orchestrator.controller import Controller
 
 MAX_BODY_BYTES = 1 << 20
+# The dashboard's login shell: static files with no data, the only paths served without the token.
+_PUBLIC_PATHS = frozenset({"/", "/ui/login.js", "/ui/login.css"})
+_DASHBOARD_HEADERS = {
+    # blob: for the dashboard code, which the login shell fetches with the token and runs from a Blob URL
+    "Content-Security-Policy": "default-src 'none'; script-src 'self' blob:; style-src 'self' blob:; "
+                               "connect-src 'self'; img-src 'self' data:; base-uri 'none'; form-action 'none'; "
+                               "frame-ancestors 'none'",
+    "X-Content-Type-Options": "nosniff", "Referrer-Policy": "no-referrer", "Cache-Control": "no-store",
+}
 _IDEMPOTENCY_KEY = re.compile(r"[A-Za-z0-9._:\-]{1,200}")
 
 
@@ -76,6 +93,8 @@ def create_app(store: Store, token: str, controller: Controller | None = None, s
 
     @app.middleware("http")
     async def require_token(request: Request, call_next: Any) -> Any:
+        if request.method == "GET" and request.url.path in _PUBLIC_PATHS:
+            return await call_next(request)
         scheme, _, presented = request.headers.get("authorization", "").partition(" ")
         # compare_digest takes time independent of where the strings differ
         if not (scheme.lower() == "bearer" and hmac.compare_digest(presented.strip().encode(), expected)):
@@ -158,6 +177,45 @@ def create_app(store: Store, token: str, controller: Controller | None = None, s
         job = store.get(job_id)
         tail = outputs.tail_lines(f"{job.spec.output.output_dir.rstrip('/')}/{outputs.LOG_FILE}", lines)
         return "\n".join(tail) + ("\n" if tail else "")
+
+    registry = prometheus_metrics.make_registry(store, getattr(controller, "nodes", None))
+
+    @app.get("/metrics")
+    def prometheus() -> Response:
+        body, content_type = prometheus_metrics.render(registry)
+        return Response(body, media_type=content_type, headers={"Cache-Control": "no-store"})
+
+    @app.get("/cluster")
+    def cluster() -> dict[str, Any]:
+        from orchestrator.dashboard.cluster import cluster_view
+
+        names = {job.id: job.name for state in (JobState.SCHEDULED, JobState.RUNNING) for job in store.jobs(state)}
+        return cluster_view(controller, names)
+
+    @app.get("/dashboard/jobs")
+    def dashboard_jobs(state: str | None = None, limit: int = Query(1000, ge=1, le=10000)) -> dict[str, Any]:
+        """GET /jobs plus what the jobs table shows from each spec (model size, resources, ETA)."""
+        from orchestrator.dashboard.jobs import job_row
+
+        try:
+            wanted = JobState.parse(state) if state else None
+        except ValueError as err:
+            raise BadRequest(f"state: {err}") from None
+        return {"jobs": [job_row(job) for job in store.jobs(wanted, limit=limit)]}
+
+    def _static(name: str, media_type: str) -> FileResponse:
+        return FileResponse(dashboard.STATIC_DIR / name, media_type=media_type, headers=_DASHBOARD_HEADERS)
+
+    @app.get("/", include_in_schema=False)
+    def dashboard_shell() -> FileResponse:
+        return _static("index.html", "text/html; charset=utf-8")
+
+    @app.get("/ui/{name}", include_in_schema=False)
+    def dashboard_file(name: str) -> FileResponse:
+        kinds = {".js": "text/javascript; charset=utf-8", ".css": "text/css; charset=utf-8"}
+        if name not in dashboard.PUBLIC_FILES + dashboard.PRIVATE_FILES or name == "index.html":
+            raise JobNotFound(f"no dashboard file {name!r}")
+        return _static(name, kinds[name[name.rfind("."):]])
 
     return app
 
