@@ -217,10 +217,11 @@ class Trainer:
         self._last_eval = (self.global_step, metrics)
         return metrics
 
-    def _log_progress(self, loss: float, grad_norm: float, examples_per_s: float, tokens_per_s: float) -> None:
+    def _log_progress(self, loss: float, grad_norm: torch.Tensor | float, examples_per_s: float,
+                      tokens_per_s: float) -> None:
         lr = self.backend.learning_rate()
         remaining = (self.num_train_steps - self.global_step) * self.spec.training.train_batch_size / max(examples_per_s, 1e-9)
-        self.logger.log({"train/loss": loss, "train/learning_rate": lr, "train/grad_norm": grad_norm,
+        self.logger.log({"train/loss": loss, "train/learning_rate": lr, "train/grad_norm": float(grad_norm),
                          "train/examples_per_s": examples_per_s, "train/tokens_per_s": tokens_per_s},
                         self.global_step)
         if self.backend.is_main:

@@ -158,7 +158,8 @@ def write_hf_directory(model: BertPreTrainedModel, directory: str | Path) -> Non
         config["id2label"] = {str(i): f"LABEL_{i}" for i in range(model.num_labels)}
         config["label2id"] = {f"LABEL_{i}": i for i in range(model.num_labels)}
     (directory / "config.json").write_text(json.dumps(config, indent=2) + "\n")
-    state = {k: v.detach().contiguous() for k, v in _full_state_dict(model).items()}
+    # .cpu(): safetensors reads storage pointers, which XLA/CUDA tensors do not have (a no-op on CPU).
+    state = {k: v.detach().cpu().contiguous() for k, v in _full_state_dict(model).items()}
     if isinstance(model, BertModel):
         state = {k.removeprefix("bert."): v for k, v in state.items()}
     save_safetensors(state, str(directory / "model.safetensors"), metadata={"format": "pt"})

@@ -44,8 +44,9 @@ class LocalBackend:
     def backward(self, loss: torch.Tensor) -> None:
         self.scaler.scale(loss).backward()
 
-    def optimizer_step(self, max_grad_norm: float | None) -> float:
-        """Unscale, clip, step, schedule, zero; returns the gradient norm before clipping."""
+    def optimizer_step(self, max_grad_norm: float | None) -> torch.Tensor | float:
+        """Unscale, clip, step, schedule, zero; returns the gradient norm before clipping, as a
+        tensor (reading it would be a host sync; the trainer does that only when it logs)."""
         self.scaler.unscale_(self.optimizer)
         params = [p for p in self.model.parameters() if p.grad is not None]
         norm = torch.nn.utils.clip_grad_norm_(params, max_grad_norm if max_grad_norm else float("inf"))
@@ -53,7 +54,7 @@ class LocalBackend:
         self.scaler.update()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
-        return float(norm)
+        return norm.detach()
 
     def learning_rate(self) -> float:
         return self.scheduler.get_last_lr()[0]

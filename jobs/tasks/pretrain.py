@@ -63,7 +63,7 @@ def evaluate(model: BertForPreTraining, batches, global_step: int, max_steps: in
             weights.sum(),
             (out.next_sentence_log_probs.argmax(-1) == labels).double().sum(),
             -out.next_sentence_log_probs.double().gather(1, labels[:, None]).sum(),
-            torch.tensor(float(len(labels)), dtype=torch.float64)]).cpu()
+            torch.tensor(float(len(labels)), dtype=torch.float64, device=log_probs.device)]).cpu()
         total_loss += float(out.loss)
         num_batches += 1
     if num_batches == 0:
