@@ -55,8 +55,8 @@ class BertAdam(torch.optim.Optimizer):
             if not self.state[p]:
                 self.state[p]["exp_avg"] = torch.zeros_like(p)
                 self.state[p]["exp_avg_sq"] = torch.zeros_like(p)
-                self.state[p]["step"] = 0
-            self.state[p]["step"] += 1
+            # setdefault: optimizer states saved before the step count was kept resume too.
+            self.state[p]["step"] = self.state[p].get("step", 0) + 1
         if not params:
             return params, [], []
         grads = [p.grad for p in params]

@@ -155,13 +155,14 @@ def run(spec: JobSpec, should_stop: Callable[[], bool] | None = None, backend: L
         model.eval()
         metrics = eval_fn(model, 0)
     model.eval()
-    if not backend.is_main:
-        return metrics
-    if metrics:
-        write_eval_results(spec.output.output_dir, metrics)
-    if "test" in splits:
-        logits = predict(model, arrays("test"), training.predict_batch_size)
-        probabilities = logits[:, None] if task.is_regression else torch.softmax(torch.from_numpy(logits), -1).numpy()
-        write_test_results(spec.output.output_dir, probabilities)
-    export_model(spec, model, tokenizer)
+    with backend.gathered_model(model) as full:  # every rank enters: ZeRO-3 gathers the weights
+        if backend.is_main:
+            if metrics:
+                write_eval_results(spec.output.output_dir, metrics)
+            if "test" in splits:
+                logits = predict(full, arrays("test"), training.predict_batch_size)
+                probabilities = (logits[:, None] if task.is_regression
+                                 else torch.softmax(torch.from_numpy(logits), -1).numpy())
+                write_test_results(spec.output.output_dir, probabilities)
+            export_model(spec, full, tokenizer)
     return metrics

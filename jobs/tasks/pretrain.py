@@ -127,10 +127,10 @@ def run(spec: JobSpec, should_stop: Callable[[], bool] | None = None, backend: L
         global_step = 0
     if metrics:
         metrics["global_step"] = global_step
-    if not backend.is_main:
-        return metrics
-    if metrics:
-        write_eval_results(spec.output.output_dir, metrics)
-    export_model(spec, model, build_tokenizer(spec, config) if spec.model.vocab_file else None)
+    with backend.gathered_model(model) as full:  # every rank enters: ZeRO-3 gathers the weights
+        if backend.is_main:
+            if metrics:
+                write_eval_results(spec.output.output_dir, metrics)
+            export_model(spec, full, build_tokenizer(spec, config) if spec.model.vocab_file else None)
     return metrics
 

@@ -152,13 +152,15 @@ def run(spec: JobSpec, should_stop: Callable[[], bool] | None = None, backend: L
         else:
             global_step = 0
         metrics: dict = {}
-        # Prediction and the official evaluation run on the main worker only.
-        if backend.is_main and (training.do_eval or training.do_predict) and dev_url and dev_json is not None:
-            metrics = predict_and_evaluate(spec, model, tokenizer, dev_url, dev_json, global_step)
-            write_eval_results(out, metrics)
+        # Prediction, the official evaluation and the export run on the main worker only, with the
+        # full weights (every rank enters the block: ZeRO-3 gathers them).
+        with backend.gathered_model(model) as full:
+            if backend.is_main and (training.do_eval or training.do_predict) and dev_url and dev_json is not None:
+                metrics = predict_and_evaluate(spec, full, tokenizer, dev_url, dev_json, global_step)
+                write_eval_results(out, metrics)
+            if backend.is_main:
+                export_model(spec, full, tokenizer)
     except SquadError as err:
         raise SpecError(f"data: {err}") from None
-    if backend.is_main:
-        export_model(spec, model, tokenizer)
     return metrics
 

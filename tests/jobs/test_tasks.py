@@ -153,3 +153,33 @@ def test_bad_input_fails_before_training(tiny_config, shared, tmp_path):
                                                    "vocab_file": common["vocab_file"]},
                       data={"task_name": "cola", "train_file": str(shared / "data/cola_dev.tsv"),
                             "layout": "cola", "holdout_fraction": 0.5}))
+
+
+def test_two_phase_pretraining_128_then_512(shared, tmp_path):
+    from jobs.data.pretraining import PretrainingDataConfig, create_pretraining_data
+    from models.tokenization import FullTokenizer
+
+    config = tmp_path / "bert_config.json"
+    BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+               intermediate_size=37, max_position_embeddings=512).to_google_json(config)
+    vocab = str(shared / "data/uncased_vocab.txt")
+    data_512 = tmp_path / "sample_512.tfrecord"
+    create_pretraining_data([str(shared / "data/sample_text.txt")], [str(data_512)], FullTokenizer(vocab),
+                            PretrainingDataConfig(max_seq_length=512, max_predictions_per_seq=80, dupe_factor=2))
+    phase1 = parse_spec({"kind": "pretrain", "model": {"bert_config_file": str(config), "vocab_file": vocab},
+                         "data": {"train_file": str(shared / "fixtures/sample_text_wwmFalse.tfrecord")},
+                         "training": {"train_batch_size": 8, "num_train_steps": 2, "do_eval": False},
+                         "output": {"output_dir": str(tmp_path / "phase1")}, "logging": {"wandb": False}})
+    run_job(phase1)
+    phase2 = parse_spec({"kind": "pretrain",
+                         "model": {"init_checkpoint": str(tmp_path / "phase1/export"), "vocab_file": vocab},
+                         "data": {"train_file": str(data_512), "max_seq_length": 512, "max_predictions_per_seq": 80},
+                         "training": {"train_batch_size": 4, "num_train_steps": 2, "eval_batch_size": 4,
+                                      "max_eval_steps": 1},
+                         "output": {"output_dir": str(tmp_path / "phase2")}, "logging": {"wandb": False}})
+    metrics = run_job(phase2)
+    assert metrics["global_step"] == 2 and metrics["masked_lm_loss"] > 0
+    from models import load_pretrained
+
+    start = load_pretrained(tmp_path / "phase1/export", head="pretraining")
+    assert start.bert.embeddings.position_embeddings.weight.shape == (512, 32)
