@@ -186,21 +186,30 @@ class BertPreTrainedModel(nn.Module):
 
     config: BertConfig
 
-    def init_weights(self) -> None:
+    def init_weights(self, *parts: nn.Module) -> None:
         """Truncated normal (std = initializer_range, cut at 2 std, like tf.truncated_normal) for
-        every weight matrix and embedding; zeros for biases; LayerNorm to the identity."""
+        every weight matrix and embedding; zeros for biases; LayerNorm to the identity.
+
+        Args:
+            parts: submodules to initialise (a head initialises only its own layers: the encoder
+                it wraps already initialised itself); none: the whole model.
+        """
         std = self.config.initializer_range
-        for module in self.modules():
-            if isinstance(module, (nn.Linear, nn.Embedding)):
-                nn.init.trunc_normal_(module.weight, std=std, a=-2 * std, b=2 * std)
-            if isinstance(module, nn.Linear) and module.bias is not None:
-                nn.init.zeros_(module.bias)
-            elif isinstance(module, nn.LayerNorm):
-                nn.init.ones_(module.weight)
-                nn.init.zeros_(module.bias)
-        for name, param in self.named_parameters():
-            if name.endswith("predictions.bias"):
-                nn.init.zeros_(param)
+        for part in parts or (self,):
+            for module in part.modules():
+                if isinstance(module, (nn.Linear, nn.Embedding)):
+                    nn.init.trunc_normal_(module.weight, std=std, a=-2 * std, b=2 * std)
+                if isinstance(module, nn.Linear) and module.bias is not None:
+                    nn.init.zeros_(module.bias)
+                elif isinstance(module, nn.LayerNorm):
+                    nn.init.ones_(module.weight)
+                    nn.init.zeros_(module.bias)
+                elif isinstance(module, BertLMPredictionHead):
+                    nn.init.zeros_(module.bias)
+
+    def _head_modules(self) -> list[nn.Module]:
+        """A head's own layers: everything but the wrapped BertModel."""
+        return [m for name, m in self.named_children() if name != "bert"]
 
     def set_gradient_checkpointing(self, enabled: bool = True) -> None:
         """Trades compute for memory: each encoder layer is recomputed during backward."""
@@ -285,7 +294,7 @@ class BertForPreTraining(BertPreTrainedModel):
         self.config = config
         self.bert = BertModel(config)
         self.cls = BertPreTrainingHeads(config)
-        self.init_weights()
+        self.init_weights(*self._head_modules())
 
     def forward(self, input_ids: Tensor, token_type_ids: Tensor | None = None,
                 attention_mask: Tensor | None = None, masked_lm_positions: Tensor | None = None,
@@ -346,7 +355,7 @@ class BertForSequenceClassification(BertPreTrainedModel):
         self.bert = BertModel(config)
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
         self.classifier = nn.Linear(config.hidden_size, num_labels)
-        self.init_weights()
+        self.init_weights(*self._head_modules())
 
     def forward(self, input_ids: Tensor, token_type_ids: Tensor | None = None,
                 attention_mask: Tensor | None = None, labels: Tensor | None = None) -> TaskOutput:
@@ -371,7 +380,7 @@ class BertForQuestionAnswering(BertPreTrainedModel):
         self.config = config
         self.bert = BertModel(config)
         self.qa_outputs = nn.Linear(config.hidden_size, 2)
-        self.init_weights()
+        self.init_weights(*self._head_modules())
 
     def forward(self, input_ids: Tensor, token_type_ids: Tensor | None = None,
                 attention_mask: Tensor | None = None, start_positions: Tensor | None = None,
@@ -398,7 +407,7 @@ class BertForTokenClassification(BertPreTrainedModel):
         self.bert = BertModel(config)
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
         self.classifier = nn.Linear(config.hidden_size, num_labels)
-        self.init_weights()
+        self.init_weights(*self._head_modules())
 
     def forward(self, input_ids: Tensor, token_type_ids: Tensor | None = None,
                 attention_mask: Tensor | None = None, labels: Tensor | None = None) -> TaskOutput:

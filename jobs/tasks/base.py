@@ -89,21 +89,29 @@ def build_model(spec: JobSpec, config: BertConfig, head: str, num_labels: int = 
 
     classes = {"pretraining": bert.BertForPreTraining, "classification": bert.BertForSequenceClassification,
                "question_answering": bert.BertForQuestionAnswering, "model": bert.BertModel}
-    cls = classes[head]
-    model = cls(config, num_labels) if head == "classification" else cls(config)
-    if spec.model.init_checkpoint:
+    if not spec.model.init_checkpoint:
+        cls = classes[head]
+        model = cls(config, num_labels) if head == "classification" else cls(config)
+    else:
         try:
-            loaded = load_pretrained(spec.model.init_checkpoint, head=head, num_labels=num_labels)  # type: ignore[arg-type]
+            model = load_pretrained(spec.model.init_checkpoint, head=head, num_labels=num_labels)  # type: ignore[arg-type]
         except (CheckpointError, ConfigError) as err:
             raise SpecError(f"model.init_checkpoint: {err}") from None
         shape_keys = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
                       "max_position_embeddings", "type_vocab_size", "hidden_act")
-        diff = {k: (getattr(loaded.config, k), getattr(config, k)) for k in shape_keys
-                if getattr(loaded.config, k) != getattr(config, k)}
+        diff = {k: (getattr(model.config, k), getattr(config, k)) for k in shape_keys
+                if getattr(model.config, k) != getattr(config, k)}
         if diff:
             raise SpecError(f"model.init_checkpoint {spec.model.init_checkpoint} does not match the model config "
                             f"(checkpoint vs config: {diff}); use the bert_config_file that came with it")
-        model.load_state_dict(loaded.state_dict())
+        # The loaded model is used as is (building a second one costs seconds); the spec's
+        # dropout overrides are applied to its modules.
+        for module in model.modules():
+            if isinstance(module, torch.nn.Dropout):
+                module.p = config.hidden_dropout_prob
+            elif isinstance(module, bert.BertSelfAttention):
+                module.dropout_prob = config.attention_probs_dropout_prob
+        model.config = config
     if spec.model.gradient_checkpointing:
         model.set_gradient_checkpointing(True)
     return model.to(on or device())
