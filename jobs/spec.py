@@ -151,6 +151,8 @@ class ResourcesSpec(_Section):
     devices_per_host: int = Field(1, gt=0, description="workers per host (GPUs, or CPU processes); a TPU host "
                                   "runs one worker driving all its chips")
     backend: Literal["local", "ddp", "deepspeed", "xla"] = "local"
+    cpus_per_worker: int | None = Field(None, gt=0, description="CPU cores per worker (its torch threads); "
+                                        "default: 1 with accelerators, else the cluster's cores / workers")
     deepspeed: DeepSpeedSpec = Field(default_factory=DeepSpeedSpec)
     xla: XlaSpec = Field(default_factory=XlaSpec)
     max_failures: int = Field(3, ge=0, description="real failures before the job ends FAILED (preemptions do not count)")

@@ -28,13 +28,16 @@ class DDPBackend(LocalBackend):
 
     def prepare(self, model: nn.Module, optimizer, scheduler, precision: str) -> nn.Module:
         super().prepare(model, optimizer, scheduler, precision)
+        self.ddp: DistributedDataParallel | None = None
+        if self.world_size == 1:
+            return model  # nothing to synchronise: DDP's hooks and buckets would be pure overhead
         # Every rank starts from rank 0's weights (DDP broadcasts them at construction).
         self.ddp = DistributedDataParallel(model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
         return self.ddp
 
     def micro_step_context(self, is_last: bool) -> contextlib.AbstractContextManager:
         # Gradients are all-reduced once per optimizer step, on the last micro-batch.
-        return contextlib.nullcontext() if is_last else self.ddp.no_sync()
+        return contextlib.nullcontext() if is_last or self.ddp is None else self.ddp.no_sync()
 
     def barrier(self) -> None:
         dist.barrier()
