@@ -33,9 +33,9 @@ os.environ["GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT"] = "false"
 
 import fsspec  # noqa: E402
 
+from jobs.data.dataset import pretraining_features  # noqa: E402
 from jobs.data.tfrecord import (  # noqa: E402
     DEFAULT_BLOCK_SIZE_BYTES,
-    FixedLenFeature,
     ReadStats,
     decode_batch,
     iter_examples,
@@ -45,15 +45,7 @@ from jobs.data.tfrecord import (  # noqa: E402
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 FIXTURE = SHARED / "fixtures" / "sample_text_wwmFalse.tfrecord"
 BUCKET = "bench"
-FEATURES = {
-    "input_ids": FixedLenFeature(128),
-    "input_mask": FixedLenFeature(128),
-    "segment_ids": FixedLenFeature(128),
-    "masked_lm_positions": FixedLenFeature(20),
-    "masked_lm_ids": FixedLenFeature(20),
-    "masked_lm_weights": FixedLenFeature(20, "float32"),
-    "next_sentence_labels": FixedLenFeature(1),
-}
+FEATURES = pretraining_features(max_seq_length=128, max_predictions_per_seq=20)
 
 
 def start_emulator(log_path: Path) -> tuple[subprocess.Popen[bytes], str]:

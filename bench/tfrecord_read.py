@@ -24,9 +24,9 @@ from pathlib import Path
 
 import numpy as np
 
+from jobs.data.dataset import pretraining_features  # noqa: E402
 from jobs.data.tfrecord import (
     PROTO_CLASSES,
-    FixedLenFeature,
     ReadStats,
     decode_batch,
     decode_example,
@@ -36,15 +36,7 @@ from jobs.data.tfrecord import (
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 FIXTURE = SHARED / "fixtures" / "sample_text_wwmFalse.tfrecord"
-FEATURES = {
-    "input_ids": FixedLenFeature(128),
-    "input_mask": FixedLenFeature(128),
-    "segment_ids": FixedLenFeature(128),
-    "masked_lm_positions": FixedLenFeature(20),
-    "masked_lm_ids": FixedLenFeature(20),
-    "masked_lm_weights": FixedLenFeature(20, "float32"),
-    "next_sentence_labels": FixedLenFeature(1),
-}
+FEATURES = pretraining_features(max_seq_length=128, max_predictions_per_seq=20)
 Batches = Iterator[dict[str, np.ndarray]]
 
 
