@@ -1,4 +1,5 @@
-"""Where metrics go: a metrics JSONL in the output directory, the console, and Weights & Biases.
+"""Where metrics and log records go: a metrics JSONL in the output directory, the console, Weights &
+Biases, and the job log (`job.log` in the output directory, what `bertfleet logs` shows).
 
 W&B runs offline when no WANDB_API_KEY is set (its files land in the output directory and can be
 synced later). The run id is kept in checkpoints, so a resumed job continues the same W&B run; a
@@ -8,13 +9,20 @@ the duplicate silently).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
+import re
+import sys
+import threading
 import time
-from typing import Any
+import warnings
+from collections.abc import Callable, Iterator
+from typing import Any, TextIO
 
 import fsspec
+from fsspec.implementations.local import LocalFileSystem
 
 from jobs.spec import JobSpec
 
@@ -91,3 +99,200 @@ class MetricsLogger:
         if self._wandb_run is not None:
             self._wandb_run.finish()
             self._wandb_run = None
+
+
+# --- the job log ---------------------------------------------------------------------------------------
+
+LOG_FILE = "job.log"  # in the output directory; what GET /jobs/{id}/logs and `bertfleet logs` read
+LOG_MAX_BYTES = 4 << 20  # object stores: the newest 4 MiB are kept (what the API's tail reads at most)
+LOG_FLUSH_EVERY_S = 5.0  # object stores: the whole object is rewritten at most this often
+# The loggers a job's own code logs to: "bertfleet" (trainer, runner, tasks) and the packages' __name__
+# loggers ("jobs.data.tfrecord" warns about corrupt records, for one).
+JOB_LOGGERS = ("bertfleet", "jobs", "models")
+# Environment variables whose values must never reach a log (WANDB_API_KEY, AWS_SECRET_ACCESS_KEY, ...).
+_SECRET_ENV_NAME = re.compile(r"(^|_)(API_?KEY|ACCESS_?KEY|KEY|SECRET|TOKEN|PASSWORD|PASSWD|CREDENTIALS?)(_|$)",
+                              re.IGNORECASE)
+_URL_PASSWORD = re.compile(r"([a-z][a-z0-9+.\-]*://[^/\s:@]+:)[^/\s@]+@", re.IGNORECASE)
+
+
+class JobLogHandler(logging.Handler):
+    """Writes a job's log records to `{output_dir}/job.log`, at any fsspec URL.
+
+    Rank 0 writes every record at INFO and above; the other ranks write only ERROR records, every line
+    of them (tracebacks included) prefixed with `[rank N]`. Values of secret-named environment
+    variables and URL passwords are masked in every line, as a last line of defence.
+
+    Local paths are appended to: each record is one write(2) to a file opened with O_APPEND, so a
+    reader sees it at once and the ranks' records interleave as whole records (on a local disk; not
+    guaranteed on NFS).
+
+    Object stores (gs://, s3://, memory://) have no append. The handler keeps the log in memory and
+    rewrites the whole object at most every `flush_every_s` (from a background thread, so a training
+    step never waits on the network) and at close. To keep that bounded, only the newest `max_bytes`
+    are kept: past it, the oldest half is dropped at once (not a line at a time, so the object's bytes
+    shift rarely and a follower's byte offset stays valid between drops). An object has one writer,
+    so on object stores ranks other than 0 write their errors to `job.rank-N.log` beside it.
+
+    Args:
+        output_dir: the job's output directory (local path or fsspec URL).
+        rank: this worker's rank.
+        max_bytes: object stores: the most of the log kept.
+        flush_every_s: object stores: the longest a record waits before the object is rewritten.
+    """
+
+    def __init__(self, output_dir: str, rank: int = 0, max_bytes: int = LOG_MAX_BYTES,
+                 flush_every_s: float = LOG_FLUSH_EVERY_S):
+        super().__init__(logging.INFO if rank == 0 else logging.ERROR)
+        self.rank = rank
+        formatter = logging.Formatter("%(asctime)s %(levelname)s %(message)s", datefmt="%Y-%m-%dT%H:%M:%SZ")
+        formatter.converter = time.gmtime
+        self.setFormatter(formatter)
+        self._secrets = sorted({v for k, v in os.environ.items() if _SECRET_ENV_NAME.search(k) and len(v) >= 6},
+                               key=len, reverse=True)
+        self.fs, directory = fsspec.core.url_to_fs(output_dir.rstrip("/"))
+        self.fs.makedirs(directory, exist_ok=True)
+        self.is_local = isinstance(self.fs, LocalFileSystem)
+        name = LOG_FILE if rank == 0 or self.is_local else f"job.rank-{rank}.log"
+        self.path = f"{directory.rstrip('/')}/{name}"
+        self.url = f"{output_dir.rstrip('/')}/{name}"
+        self.max_bytes = max_bytes
+        self._fd: int | None = None
+        self._buffer = bytearray()
+        self._dirty = False
+        self._stop = threading.Event()
+        self._flusher: threading.Thread | None = None
+        self._flush_error_shown = False
+        self._write_lock = threading.Lock()  # one rewrite at a time, so an older one never lands last
+        if self.is_local:
+            self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+            self.had_lines = os.fstat(self._fd).st_size > 0
+        else:
+            try:
+                self._buffer += self.fs.cat_file(self.path)  # a resumed job's log, to append to
+            except FileNotFoundError:
+                pass
+            self.had_lines = bool(self._buffer)
+            self._trim()
+            self._flusher = threading.Thread(target=self._flush_periodically, args=(flush_every_s,),
+                                             name=f"job-log-flush-{rank}", daemon=True)
+            self._flusher.start()
+
+    def format(self, record: logging.LogRecord) -> str:
+        text = _URL_PASSWORD.sub(r"\1***@", super().format(record))
+        for secret in self._secrets:
+            text = text.replace(secret, "***")
+        if self.rank:
+            text = "\n".join(f"[rank {self.rank}] {line}" for line in text.splitlines())
+        return text
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            self.write_line(self.format(record))
+        except Exception:  # noqa: BLE001 - logging's contract: a failing handler never breaks the job
+            self.handleError(record)
+
+    def write_line(self, text: str) -> None:
+        """Writes `text` (one or more lines, no formatting) to the log."""
+        data = (text.rstrip("\n") + "\n").encode("utf-8", "replace")
+        with self.lock:  # type: ignore[union-attr]  # Handler.createLock made it
+            if self._fd is not None:
+                view = memoryview(data)
+                while view:  # os.write may write less than asked (it does not, for a regular file)
+                    view = view[os.write(self._fd, view):]
+            else:
+                self._buffer += data
+                self._trim()
+                self._dirty = True
+
+    def write_exception(self, message: str, err: BaseException) -> None:
+        """Writes an ERROR record with `err`'s traceback to the job log only (not to the console,
+        where the exception shows anyway when it leaves the process)."""
+        record = logging.LogRecord("bertfleet", logging.ERROR, __file__, 0, "%s", (message,),
+                                   (type(err), err, err.__traceback__))
+        self.handle(record)
+
+    def show_warning(self, original: Callable[..., None]) -> Callable[..., None]:
+        """A `warnings.showwarning` that also writes the warning to the job log (backends warn about
+        settings that do nothing with `warnings.warn`)."""
+
+        def show(message: Warning | str, category: type[Warning], filename: str, lineno: int,
+                 file: TextIO | None = None, line: str | None = None) -> None:
+            self.handle(logging.makeLogRecord({
+                "name": "py.warnings", "levelno": logging.WARNING, "levelname": "WARNING",
+                "msg": "%s (%s at %s:%d)", "args": (message, category.__name__, filename, lineno)}))
+            original(message, category, filename, lineno, file, line)
+
+        return show
+
+    def _trim(self) -> None:
+        if len(self._buffer) <= self.max_bytes:
+            return
+        cut = self._buffer.find(b"\n", len(self._buffer) - self.max_bytes // 2)
+        del self._buffer[:cut + 1 if cut >= 0 else len(self._buffer) - self.max_bytes // 2]
+
+    def _flush_periodically(self, every_s: float) -> None:
+        while not self._stop.wait(every_s):
+            self.flush()
+
+    def flush(self) -> None:
+        """Object stores: rewrites the object if records came since the last write."""
+        if self._fd is not None:
+            return
+        with self._write_lock:
+            with self.lock:  # type: ignore[union-attr]
+                if not self._dirty:
+                    return
+                data, self._dirty = bytes(self._buffer), False
+            try:
+                with self.fs.open(self.path, "wb") as f:
+                    f.write(data)
+            except Exception as err:  # noqa: BLE001 - a thread boundary: keep the records, retry next time
+                with self.lock:  # type: ignore[union-attr]
+                    self._dirty = True
+                if not self._flush_error_shown:
+                    self._flush_error_shown = True
+                    print(f"bertfleet: cannot write the job log {self.url}: {err}; retrying", file=sys.stderr)
+
+    def close(self) -> None:
+        if self._flusher is not None:
+            self._stop.set()
+            self._flusher.join()
+            self._flusher = None
+        self.flush()
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+        super().close()
+
+
+@contextlib.contextmanager
+def job_log(output_dir: str, rank: int = 0, **kwargs: Any) -> Iterator[JobLogHandler]:
+    """Writes this process's job log records (see JobLogHandler) while the block runs.
+
+    Attaches the handler to the job's loggers (JOB_LOGGERS), lowering those at WARNING or above to
+    INFO for the block (so progress lines reach the log however the process configured logging),
+    and routes `warnings.warn` to it too; everything is put back, and the log flushed and closed,
+    when the block ends.
+
+    Args:
+        output_dir: the job's output directory.
+        rank: this worker's rank.
+        **kwargs: JobLogHandler's max_bytes and flush_every_s.
+    """
+    handler = JobLogHandler(output_dir, rank, **kwargs)
+    loggers = [logging.getLogger(name) for name in JOB_LOGGERS]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.addHandler(handler)
+        if logger.getEffectiveLevel() > logging.INFO:
+            logger.setLevel(logging.INFO)
+    show_warning = warnings.showwarning
+    warnings.showwarning = handler.show_warning(show_warning)
+    try:
+        yield handler
+    finally:
+        warnings.showwarning = show_warning
+        for logger, level in zip(loggers, levels):
+            logger.removeHandler(handler)
+            logger.setLevel(level)
+        handler.close()

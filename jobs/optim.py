@@ -46,7 +46,6 @@ class BertAdam(torch.optim.Optimizer):
             if group["weight_decay"]:
                 torch._foreach_add_(update, params, alpha=group["weight_decay"])
             torch._foreach_add_(params, update, alpha=-group["lr"])
-        return None
 
     def _update_moments(self, group: dict) -> tuple[list[torch.Tensor], list[torch.Tensor], list[torch.Tensor]]:
         """Adam's moment updates for a group's parameters that have gradients: (params, m, v)."""
@@ -90,7 +89,6 @@ class Lamb(BertAdam):
                 # Trust ratio 1 where either norm is 0 (fresh zero-initialised biases, zero updates).
                 ratio = torch.where((wn > 0) & (un > 0), wn / un, torch.ones_like(wn))
                 p.add_(u * ratio, alpha=-group["lr"])
-        return None
 
 
 def build_optimizer(model: nn.Module, spec: TrainingSpec) -> torch.optim.Optimizer:

@@ -78,7 +78,8 @@ class Trainer:
         num_train_steps: optimizer steps in the whole run.
         num_warmup_steps: linear warmup steps.
         eval_fn: called every eval_every_steps and at the end; returns metrics.
-        should_stop: polled after each step; True makes fit() checkpoint and stop (preemption).
+        should_stop: polled after each step; True on any rank makes every rank checkpoint and stop
+            (preemption; fit() raises StopTraining).
         backend: how the model is wrapped and stepped (default: one local process).
     """
 
@@ -193,7 +194,9 @@ class Trainer:
             loss_sum = 0.0
             if self.eval_fn and training.eval_every_steps and self.global_step % training.eval_every_steps == 0:
                 self.evaluate()
-            stop = self.should_stop()
+            # A notice may reach one worker only (SIGTERM to one host): every rank stops at the same
+            # step, or the others would wait forever in the checkpoint's barriers.
+            stop = backend.any_rank(self.should_stop())
             if self.global_step % self.spec.output.save_checkpoints_steps == 0 or stop:
                 self.save_checkpoint()
                 if stop and self.global_step < self.num_train_steps:

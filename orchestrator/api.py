@@ -1,4 +1,4 @@
-"""The HTTP API of the job controller (FastAPI): submit, list, get, cancel, events, metrics, logs.
+"""The HTTP API of the job controller (FastAPI): submit, list, get, cancel, resume, events, metrics, logs.
 
 Every request, documentation included, needs `Authorization: Bearer <token>` (compared in constant
 time; 401 otherwise). Submitted specs go through orchestrator/admission.py (safe YAML only, no
@@ -10,9 +10,14 @@ refused secret. `serve` binds 127.0.0.1 unless told otherwise.
     GET  /jobs?state=RUNNING   -> {"jobs": [{job}, ...]}
     GET  /jobs/{id}            -> {job, "spec": {...}}
     POST /jobs/{id}/cancel     -> {job} (a RUNNING job: cancel_requested, the controller stops it)
+    POST /jobs/{id}/resume     -> {job}: a FAILED or CANCELLED job back to QUEUED, to resume from its newest
+                               committed checkpoint, failures counted afresh (409 in any other state)
     GET  /jobs/{id}/events     -> {"events": [{time, job_id, from_state, to_state, reason}, ...]}
     GET  /jobs/{id}/metrics?limit=1000&since_step=N -> {"metrics": [{step, time, ...}, ...]}
-    GET  /jobs/{id}/logs?lines=200 -> text/plain, the tail of output_dir/job.log
+    GET  /jobs/{id}/logs?lines=200 -> text/plain, the tail of output_dir/job.log (whole lines); header
+                               X-Log-Offset: the byte offset after the text, to follow the log with
+    GET  /jobs/{id}/logs?offset=N  -> text/plain, the whole lines after byte N (at most 4 MiB) and the next
+                               X-Log-Offset; the tail again when N is past the end (the log was rewritten)
     GET  /metrics              -> Prometheus text format (orchestrator/metrics.py); behind the token like
                                everything else: give the scraper `authorization: {credentials_file: ...}`
     GET  /cluster              -> {"source", "message", "nodes": [...]} (orchestrator/dashboard/cluster.py)
@@ -77,7 +82,7 @@ def create_app(store: Store, token: str, controller: Controller | None = None, s
     Args:
         store: the job store.
         token: the bearer token every request must present (at least 16 characters).
-        controller: woken after a submit or cancel so it acts at once (None: it polls on its own).
+        controller: woken after a submit, cancel or resume so it acts at once (None: it polls on its own).
         storage_root: when set, every job's output.output_dir must lie under it (relative ones are
             put under it).
         max_body_bytes: larger request bodies are refused with 413.
@@ -162,6 +167,12 @@ def create_app(store: Store, token: str, controller: Controller | None = None, s
         _wake()
         return job.to_dict()
 
+    @app.post("/jobs/{job_id}/resume")
+    def resume(job_id: str) -> dict[str, Any]:
+        job = store.resume(job_id, who="the API")
+        _wake()
+        return job.to_dict()
+
     @app.get("/jobs/{job_id}/events")
     def events(job_id: str) -> dict[str, Any]:
         return {"events": [e.to_dict() for e in store.events(job_id)]}
@@ -173,10 +184,11 @@ def create_app(store: Store, token: str, controller: Controller | None = None, s
         return {"job_id": job.id, "metrics": outputs.read_metrics(job.spec.output.output_dir, limit, since_step)}
 
     @app.get("/jobs/{job_id}/logs", response_class=PlainTextResponse)
-    def logs(job_id: str, lines: int = Query(200, ge=1, le=100000)) -> str:
+    def logs(job_id: str, lines: int = Query(200, ge=1, le=100000),
+             offset: int | None = Query(None, ge=0)) -> PlainTextResponse:
         job = store.get(job_id)
-        tail = outputs.tail_lines(f"{job.spec.output.output_dir.rstrip('/')}/{outputs.LOG_FILE}", lines)
-        return "\n".join(tail) + ("\n" if tail else "")
+        text, next_offset = outputs.read_log(job.spec.output.output_dir, lines, offset)
+        return PlainTextResponse(text, headers={"X-Log-Offset": str(next_offset), "Cache-Control": "no-store"})
 
     registry = prometheus_metrics.make_registry(store, getattr(controller, "nodes", None))
 
@@ -251,6 +263,30 @@ def _parse_submit(body: bytes) -> tuple[Any, int]:
     if isinstance(priority, bool) or not isinstance(priority, int) or not -1000 <= priority <= 1000:
         raise BadRequest("priority: an integer from -1000 to 1000 (higher runs first)")
     return raw, priority
+
+
+def start_server(app: FastAPI, host: str = "127.0.0.1", port: int = 8470, timeout_s: float = 30.0) -> Any:
+    """Serves the API from a daemon thread (uvicorn installs no signal handlers off the main thread,
+    which belongs to its owner, e.g. a Ray actor). Returns the uvicorn Server once it is listening; set its
+    `should_exit` to stop it.
+
+    Raises:
+        RuntimeError: the server did not start (e.g. the port is taken); the message says which.
+    """
+    import threading
+    import time
+
+    import uvicorn
+
+    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning", server_header=False))
+    thread = threading.Thread(target=server.run, name="api", daemon=True)
+    thread.start()
+    deadline = time.monotonic() + timeout_s
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            raise RuntimeError(f"the API did not start on {host}:{port} (is the port taken?)")
+        time.sleep(0.05)
+    return server
 
 
 def serve(app: FastAPI, host: str = "127.0.0.1", port: int = 8470) -> None:

@@ -54,7 +54,6 @@ def run(
     several workers or a distributed backend. Resumes from the job's newest checkpoint, if any."""
     import logging
 
-    from jobs.runner import run_job
     from jobs.spec import SpecError
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
@@ -67,10 +66,30 @@ def run(
             with local_ray():
                 metrics = run_on_ray(spec)
         else:
-            metrics = run_job(spec)
+            metrics = _run_here(spec)
     except (SpecError, FileNotFoundError) as err:
         _fail(str(err))
     typer.echo(json.dumps(metrics, indent=2, default=str))
+
+
+# 128 + SIGTERM: what a shell reports for a process SIGTERM stopped, so wrappers see the usual code.
+PREEMPTED_EXIT_CODE = 143
+
+
+def _run_here(spec) -> dict:
+    """run_job in this process, watching for preemption (SIGTERM, the GCE metadata flag): on a notice
+    the job commits a checkpoint and the command exits with PREEMPTED_EXIT_CODE; running it again resumes."""
+    from cluster.preemption import PreemptionWatcher, stop_message
+    from jobs.runner import run_job
+    from jobs.trainer import StopTraining
+
+    with PreemptionWatcher() as watcher:
+        try:
+            return run_job(spec, should_stop=watcher.should_stop)
+        except StopTraining as stop:
+            console.print(f"[red]error:[/red] {stop_message(watcher, stop.args[0])}; run the same command "
+                          "again to resume from it")
+            raise typer.Exit(PREEMPTED_EXIT_CODE) from None
 
 
 @app.command()
@@ -105,7 +124,6 @@ def encode(
     pooling: Annotated[str, typer.Option(help="'mean' over real tokens, or 'cls' (the pooled output).")] = "mean",
 ) -> None:
     """Encodes sentences with a pretrained BERT and writes one embedding per sentence."""
-    import numpy as np
     import torch
 
     from models import FullTokenizer, load_pretrained
@@ -208,7 +226,12 @@ def create_pretraining(
         "--split_sentences", help="Input lines are paragraphs: split them into sentences (sentencex).")] = False,
 ) -> None:
     """Creates MLM/NSP pretraining TFRecords, as the original create_pretraining_data.py."""
-    from jobs.data.pretraining import DataError, PretrainingDataConfig, create_pretraining_data, expand_inputs
+    from jobs.data.pretraining import (
+        DataError,
+        PretrainingDataConfig,
+        create_pretraining_data,
+        expand_inputs,
+    )
     from models.tokenization import FullTokenizer
 
     try:
@@ -264,7 +287,7 @@ def inspect(
         raise typer.Exit(1)
 
 
-# --- the job controller: submit, list, status, cancel, events, serve ------------------------------------
+# --- the job controller: submit, list, status, cancel, resume, events, logs, serve ----------------------
 # These talk to the HTTP API when BERTFLEET_API and BERTFLEET_TOKEN are set, else to the local job store
 # (BERTFLEET_DB or ~/.bertfleet/bertfleet.db); see orchestrator/client.py.
 
@@ -420,6 +443,76 @@ def events(
 
 
 @app.command()
+def resume(
+    job_id: Annotated[str, typer.Argument(help="Job id.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print the job as JSON.")] = False,
+) -> None:
+    """Puts a FAILED or CANCELLED job back in the queue. When scheduled, it resumes from the newest
+    committed checkpoint in its output_dir, with resources.max_failures counted afresh."""
+    client = _client()
+    job = _call(lambda: client.resume(job_id))
+    if as_json:
+        _print_json(job)
+        return
+    step = job.get("checkpoint_step")
+    where = f"checkpoint step {step}" if step is not None else "the start (no checkpoint)"
+    typer.echo(f"{job['id']} {job['state']}: resumes from {where} when scheduled")
+
+
+@app.command()
+def logs(
+    job_id: Annotated[str, typer.Argument(help="Job id.")],
+    follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep printing new lines until the job has "
+                                         "SUCCEEDED, FAILED or been CANCELLED.")] = False,
+    lines: Annotated[int, typer.Option("--lines", "-n", min=1, max=100000, help="Lines of the tail to print "
+                                       "(first).")] = 200,
+    interval_s: Annotated[float, typer.Option("--interval", min=0.1, help="Seconds between polls with "
+                                              "--follow.")] = 1.0,
+    as_json: Annotated[bool, typer.Option("--json", help="Print {job_id, state, offset, lines} as JSON (with "
+                                          "--follow: one such object a line, for each batch of new lines).")] = False,
+) -> None:
+    """Prints the tail of a job's log (output_dir/job.log); with -f, follows it until the job ends."""
+    from orchestrator.state import TERMINAL, JobState
+
+    client = _client()
+
+    def show(text: str, offset: int, state: str, ended: bool = False) -> None:
+        if as_json and (text or ended or not follow):
+            record = {"job_id": job_id, "state": state, "offset": offset, "lines": text.splitlines()}
+            typer.echo(json.dumps(record, indent=None if follow else 2))
+        elif not as_json and text:
+            typer.echo(text, nl=False)
+
+    state = _call(lambda: client.get(job_id))["state"]
+    text, offset = _call(lambda: client.logs(job_id, lines=lines))
+    if not follow:
+        show(text, offset, state)
+        return
+    if not text and not as_json and JobState(state) not in TERMINAL:
+        console.print(f"[dim]no log yet: {job_id} is {state}; waiting for it[/dim]")
+    try:
+        while True:
+            ended = JobState(state) in TERMINAL
+            show(text, offset, state, ended)
+            if ended:
+                break
+            time.sleep(interval_s)
+            # The state before the log: a job writes its last line before it ends, so the read after
+            # seeing it ended has them all.
+            state = _call(lambda: client.get(job_id))["state"]
+            text = ""
+            while True:  # a read returns at most 4 MiB: catch up
+                chunk, offset = _call(lambda after=offset: client.logs(job_id, offset=after))
+                if not chunk:
+                    break
+                text += chunk
+    except KeyboardInterrupt:
+        raise typer.Exit(130) from None
+    if not as_json:
+        console.print(f"[dim]{job_id} {state}[/dim]")
+
+
+@app.command()
 def serve(
     host: Annotated[str, typer.Option(help="Address to bind; anything but 127.0.0.1 belongs behind TLS.")] = "127.0.0.1",
     port: int = 8470,
@@ -461,6 +554,86 @@ def serve(
             stop.set()
             loop.wake()
             thread.join(timeout=30)
+
+
+@app.command()
+def up(
+    nodes: Annotated[int, typer.Option(help="Simulated worker nodes (GPU nodes with --gpus-per-node, else CPU).")] = 1,
+    gpus_per_node: Annotated[int, typer.Option(help="Fake GPUs per node (the work runs on CPU).")] = 0,
+    tpu_hosts: Annotated[int, typer.Option(help="Simulated TPU hosts (4 fake chips each).")] = 0,
+    cpus_per_node: int = 2,
+    accelerator_type: Annotated[Optional[str], typer.Option(help="Label of the GPU nodes, e.g. H100.")] = None,
+    port: int = 8470,
+    db: Annotated[Optional[str], typer.Option(help="Job store (default: BERTFLEET_DB or ~/.bertfleet/bertfleet.db).")] = None,
+    timeout: Annotated[float, typer.Option(help="Seconds to wait for the cluster and API.")] = 180.0,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the cluster's address as JSON.")] = False,
+) -> None:
+    """Starts a local cluster on 127.0.0.1 (a Ray head plus simulated nodes) with the controller and
+    the API, in the background; `bertfleet down` stops exactly what this started. The token is in
+    ~/.bertfleet/api_token (or BERTFLEET_TOKEN); submit/list/status/logs find the API by themselves."""
+    import subprocess
+    import time
+
+    from cluster.local import fleet_home, read_fleet_state
+    from orchestrator.store import database_url
+
+    if (state := read_fleet_state()) is not None:
+        _fail(f"a local cluster is already up (pid {state['pid']}, API {state['api']}); `bertfleet down` first")
+    home = fleet_home()
+    home.mkdir(parents=True, exist_ok=True)
+    log_path = home / "up.log"
+    command = [sys.executable, "-m", "cluster.local", "--nodes", str(nodes), "--gpus-per-node", str(gpus_per_node),
+               "--tpu-hosts", str(tpu_hosts), "--cpus-per-node", str(cpus_per_node), "--port", str(port),
+               "--db", database_url(db)] + (["--accelerator-type", accelerator_type] if accelerator_type else [])
+    with open(log_path, "ab") as log_file:
+        process = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                   start_new_session=True)  # its own session: `down` can stop all of it
+    deadline = time.monotonic() + timeout
+    while (state := read_fleet_state()) is None:
+        if process.poll() is not None or time.monotonic() > deadline:
+            if process.poll() is None:
+                process.terminate()
+            tail = log_path.read_text(errors="replace").splitlines()[-15:]
+            _fail("the local cluster did not come up; the end of " + str(log_path) + ":\n" + "\n".join(tail))
+        time.sleep(0.5)
+    if as_json:
+        _print_json(state)
+        return
+    typer.echo(f"cluster up: {state['nodes']} on 127.0.0.1 (supervisor pid {state['pid']})")
+    typer.echo(f"API and dashboard: {state['api']}   token: {state['token_file']}")
+    typer.echo(f"log: {log_path}   stop it with: bertfleet down")
+
+
+@app.command()
+def down(
+    timeout: Annotated[float, typer.Option(help="Seconds to wait before killing what is left.")] = 60.0,
+) -> None:
+    """Stops the local cluster `bertfleet up` started (its Ray nodes, controller and API), nothing else.
+    Jobs that were running resume from their checkpoints at the next `up`."""
+    import os
+    import signal
+    import time
+
+    from cluster.local import fleet_state_file, read_fleet_state
+
+    state = read_fleet_state()
+    if state is None:
+        fleet_state_file().unlink(missing_ok=True)
+        typer.echo("no local cluster started by `bertfleet up` is running")
+        return
+    pid = int(state["pid"])
+    os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.5)
+    else:
+        os.killpg(pid, signal.SIGKILL)  # the supervisor's own session: only what `up` started
+        fleet_state_file().unlink(missing_ok=True)
+    typer.echo(f"local cluster stopped (supervisor pid {pid})")
 
 
 def main() -> None:  # pragma: no cover - the console-script entry point

@@ -1,4 +1,4 @@
-"""What the `bertfleet submit/list/status/cancel/events` commands talk to: the HTTP API of a shared
+"""What the `bertfleet submit/list/status/cancel/resume/events/logs` commands talk to: the HTTP API of a shared
 controller when $BERTFLEET_API and $BERTFLEET_TOKEN are set, else the local job store ($BERTFLEET_DB
 or ~/.bertfleet/bertfleet.db). Both answer with the same JSON shapes (the API's).
 
@@ -12,6 +12,8 @@ import os
 import urllib.error
 import urllib.parse
 import urllib.request
+from email.message import Message
+from pathlib import Path
 from typing import Any, Protocol
 
 from jobs.spec import JobSpec
@@ -34,6 +36,13 @@ class Client(Protocol):
     def cancel(self, job_id: str) -> dict[str, Any]: ...
 
     def events(self, job_id: str) -> list[dict[str, Any]]: ...
+
+    def resume(self, job_id: str) -> dict[str, Any]: ...
+
+    def logs(self, job_id: str, lines: int = 200, offset: int | None = None) -> tuple[str, int]:
+        """(text, next offset): the last `lines` lines of the job log, or (with an offset) the whole
+        lines after that byte offset; see GET /jobs/{id}/logs."""
+        ...
 
 
 class LocalClient:
@@ -73,6 +82,15 @@ class LocalClient:
     def events(self, job_id: str) -> list[dict[str, Any]]:
         return self._call(lambda: [e.to_dict() for e in self.store.events(job_id)])
 
+    def resume(self, job_id: str) -> dict[str, Any]:
+        return self._call(lambda: self.store.resume(job_id, who="the CLI").to_dict())
+
+    def logs(self, job_id: str, lines: int = 200, offset: int | None = None) -> tuple[str, int]:
+        from orchestrator.outputs import read_log
+
+        job = self._call(lambda: self.store.get(job_id))
+        return read_log(job.spec.output.output_dir, lines, offset)
+
     @staticmethod
     def _call(fn: Any) -> Any:
         from orchestrator.state import IllegalTransition
@@ -104,12 +122,17 @@ class HttpClient:
         self.timeout_s = timeout_s
 
     def _request(self, method: str, path: str, body: Any = None, headers: dict[str, str] | None = None) -> Any:
+        return json.loads(self._send(method, path, body, headers)[0] or b"null")
+
+    def _send(self, method: str, path: str, body: Any = None,
+              headers: dict[str, str] | None = None) -> tuple[bytes, Message]:
+        """(response body, response headers)."""
         data = json.dumps(body).encode() if body is not None else None
         request = urllib.request.Request(f"{self.where}{path}", data=data, method=method, headers={
             "Authorization": f"Bearer {self._token}", "Content-Type": "application/json", **(headers or {})})
         try:
             with _opener.open(request, timeout=self.timeout_s) as response:
-                return json.loads(response.read() or b"null")
+                return response.read(), response.headers
         except urllib.error.HTTPError as err:
             try:
                 detail = json.loads(err.read()).get("detail", err.reason)
@@ -136,9 +159,18 @@ class HttpClient:
     def events(self, job_id: str) -> list[dict[str, Any]]:
         return self._request("GET", f"/jobs/{urllib.parse.quote(job_id, safe='')}/events")["events"]
 
+    def resume(self, job_id: str) -> dict[str, Any]:
+        return self._request("POST", f"/jobs/{urllib.parse.quote(job_id, safe='')}/resume")
+
+    def logs(self, job_id: str, lines: int = 200, offset: int | None = None) -> tuple[str, int]:
+        query = urllib.parse.urlencode({"lines": lines} if offset is None else {"offset": offset})
+        body, headers = self._send("GET", f"/jobs/{urllib.parse.quote(job_id, safe='')}/logs?{query}")
+        return body.decode("utf-8", "replace"), int(headers.get("X-Log-Offset") or 0)
+
 
 def connect() -> Client:
-    """The HTTP API when $BERTFLEET_API and $BERTFLEET_TOKEN are set, else the local store.
+    """The HTTP API when $BERTFLEET_API and $BERTFLEET_TOKEN are set, else the API of the cluster
+    `bertfleet up` started on this machine when one runs, else the local store.
 
     Raises:
         ClientError: $BERTFLEET_API is set without $BERTFLEET_TOKEN.
@@ -149,4 +181,15 @@ def connect() -> Client:
                           "(or unset BERTFLEET_API to use the local store)")
     if url and token:
         return HttpClient(url, token)
+    if not url:
+        from cluster.local import read_fleet_state
+
+        state = read_fleet_state()  # a cluster `bertfleet up` started on this machine
+        if state is not None:
+            try:
+                token = token or Path(state["token_file"]).read_text().strip()
+            except OSError as err:
+                raise ClientError(f"the local cluster's token file {state['token_file']} is unreadable: {err}; "
+                                  "set BERTFLEET_TOKEN") from None
+            return HttpClient(state["api"], token)
     return LocalClient()

@@ -7,14 +7,21 @@ fixed set of nodes, one transition at a time; `run_forever` is the same step on 
 
 What the controller holds in memory is only what it cannot get back from the store: the handles of
 the runs it launched and the resources it booked for them. After a restart it finds SCHEDULED and
-RUNNING jobs it holds no handle for and requeues them (`state.on_run_lost`), to resume from their
-newest checkpoints; nothing in the store is lost.
+RUNNING jobs it holds no handle for, re-attaches to those whose runs are still going (when the
+launcher can) and requeues the others (`state.on_run_lost`), to resume from their newest
+checkpoints; nothing in the store is lost and nothing runs twice.
 
 A launcher is any object with
-    launch(job) -> handle            start the job's worker group; raise if it cannot start
-    poll(handle) -> RunStatus        running | succeeded | failed (with an error) | preempted
-    stop(handle) -> None             stop the run (for a cancel)
-`RayLauncher` runs `orchestrator.launch.run_on_ray` in a Ray task.
+    launch(job, node_names) -> handle  start the job's worker group (node_names: where the gang was
+                                       booked, one per worker); raise if it cannot start
+    poll(handle) -> RunStatus          running | succeeded | failed (with an error) | preempted
+    stop(handle) -> None               stop the run (for a cancel)
+and optionally
+    attach(job) -> (handle, node_names) | None   find a run a previous controller launched and that
+                                       is still going, so a restarted controller re-attaches to it
+                                       instead of requeueing it
+`RayLauncher` runs `orchestrator.launch.run_on_ray` in a detached, named Ray actor per run
+(`RunDriver`), which outlives the controller: a restarted controller re-attaches to it by name.
 """
 
 from __future__ import annotations
@@ -58,7 +65,7 @@ class RunStatus:
 
 
 class Launcher(Protocol):
-    def launch(self, job: Job) -> Any: ...
+    def launch(self, job: Job, node_names: list[str]) -> Any: ...
 
     def poll(self, handle: Any) -> RunStatus: ...
 
@@ -83,6 +90,20 @@ class _Run:
     handle: Any
     gang: Gang
     node_names: list[str]  # one per worker
+    ended: RunStatus | None = None  # the launcher's final word, kept while the controller decides
+    ended_at: datetime | None = None
+
+
+# Errors that mean a worker stopped answering rather than failed: its host may be going away. Ray
+# declares a node dead only after its health checks fail for a while (~15 s by default), later than
+# the worker group notices; the controller waits up to `node_loss_grace_s` to tell the two apart.
+LOST_CONTACT_MARKERS = ("unavailable", "actordied", "actor died", "connection refused", "failed to connect",
+                        "health check failed", "node died", "node has died", "raylet")
+
+
+def _lost_contact(error: str | None) -> bool:
+    text = (error or "").lower()
+    return any(marker in text for marker in LOST_CONTACT_MARKERS)
 
 
 @dataclass
@@ -95,6 +116,8 @@ class Controller:
             controller booked.
         callbacks: observers of every transition.
         read_metrics: fill progress from each running job's metrics.jsonl when the launcher reports none.
+        node_loss_grace_s: how long a run that lost contact with its workers waits for Ray to declare
+            one of its nodes dead (a preemption) before it counts as a real failure.
     """
 
     store: Store
@@ -102,6 +125,7 @@ class Controller:
     nodes: Sequence[Node] | Callable[[], Sequence[Node]]
     callbacks: list[ControllerCallback] = field(default_factory=list)
     read_metrics: bool = True
+    node_loss_grace_s: float = 45.0
     _runs: dict[str, _Run] = field(default_factory=dict, init=False)
     _reconciled: bool = field(default=False, init=False)
     _wake: threading.Event = field(default_factory=threading.Event, init=False)
@@ -147,13 +171,28 @@ class Controller:
         return after
 
     def _reconcile(self, done: list[Transition]) -> None:
+        attach = getattr(self.launcher, "attach", None)
         for state in (JobState.SCHEDULED, JobState.RUNNING):
             for job in self.store.jobs(state):
-                if job.id not in self._runs:  # its run died with the previous controller
-                    self._apply(job, on_stopped_for_cancel(job) if job.cancel_requested else on_run_lost(job), done)
+                if job.id in self._runs:
+                    continue
+                found = None
+                if attach is not None and state == JobState.RUNNING:
+                    try:
+                        found = attach(job)
+                    except Exception:  # the launcher is a process boundary: treat the run as lost
+                        log.exception("re-attaching to job %s failed; requeueing it", job.id)
+                if found is not None:
+                    handle, node_names = found
+                    self._runs[job.id] = _Run(handle, gang_of(job.spec), list(node_names))
+                    log.info("job %s: re-attached to its run on %s", job.id, ", ".join(sorted(set(node_names))))
+                    continue  # _watch polls it (and stops it if a cancel came in meanwhile)
+                # its run died with the previous controller
+                self._apply(job, on_stopped_for_cancel(job) if job.cancel_requested else on_run_lost(job), done)
         self._reconciled = True
 
     def _watch(self, now: datetime, done: list[Transition]) -> None:
+        alive: set[str] | None = None  # names of the nodes alive now, asked for once a step when needed
         for job_id, run in list(self._runs.items()):
             job = self.store.get(job_id)
             if job.state != JobState.RUNNING:  # ended elsewhere (e.g. by hand in the store): stop it
@@ -163,14 +202,26 @@ class Controller:
                 self._stop(job_id)
                 self._apply(job, on_stopped_for_cancel(job), done)
                 continue
-            try:
-                status = self.launcher.poll(run.handle)
-            except Exception:  # the launcher is a process boundary; try again next step
-                log.exception("polling job %s failed; will poll again", job_id)
-                continue
-            self._record_progress(job, status)
-            if status.state == "running":
-                continue
+            if run.ended is None:
+                try:
+                    status = self.launcher.poll(run.handle)
+                except Exception:  # the launcher is a process boundary; try again next step
+                    log.exception("polling job %s failed; will poll again", job_id)
+                    continue
+                self._record_progress(job, status)
+                if status.state == "running":
+                    continue
+                run.ended, run.ended_at = status, now
+            status = run.ended
+            if status.state == "failed":
+                if alive is None:
+                    alive = {node.name for node in self._nodes()}
+                gone = sorted(set(run.node_names) - alive)
+                if gone:  # Ray's node-death signal: the run failed because its host went away
+                    status = RunStatus("preempted", error=f"node {', '.join(gone)} left the cluster "
+                                                          f"({status.error or 'the run failed'})")
+                elif _lost_contact(status.error) and (now - run.ended_at).total_seconds() < self.node_loss_grace_s:
+                    continue  # a worker became unreachable: wait until Ray declares its node dead, or not
             self._forget(job_id)
             if status.state == "succeeded":
                 self._apply(job, on_success(job), done)
@@ -207,8 +258,9 @@ class Controller:
             if scheduled is None:
                 continue  # cancelled meanwhile
             book(nodes, gang, placement)
+            node_names = [nodes[i].name for i in placement]
             try:
-                handle = self.launcher.launch(scheduled)
+                handle = self.launcher.launch(scheduled, node_names)
             except Exception as err:  # noqa: BLE001 - the launcher is a process boundary: decide, don't crash
                 release(nodes, gang, placement)
                 self._apply(scheduled, on_worker_failure(scheduled, f"launch failed: {err}", now), done)
@@ -219,10 +271,13 @@ class Controller:
                 self.launcher.stop(handle)
                 release(nodes, gang, placement)
                 continue
-            self._runs[job.id] = _Run(handle, gang, [nodes[i].name for i in placement])
+            self._runs[job.id] = _Run(handle, gang, node_names)
+
+    def _nodes(self) -> Sequence[Node]:
+        return self.nodes() if callable(self.nodes) else self.nodes
 
     def _free_nodes(self) -> list[Node]:
-        nodes = [Node(n.name, dict(n.total)) for n in (self.nodes() if callable(self.nodes) else self.nodes)]
+        nodes = [Node(n.name, dict(n.total)) for n in self._nodes()]
         index = {node.name: i for i, node in enumerate(nodes)}
         for run in self._runs.values():
             book(nodes, run.gang, [index[name] for name in run.node_names if name in index])  # gone nodes free nothing
@@ -258,12 +313,13 @@ class Controller:
 
 # --- Ray ---------------------------------------------------------------------------------------------
 
+RUN_NAMESPACE = "bertfleet"
+PREEMPTION_MARKERS = ("preempt", "node died", "node has died", "nodedied", "node failed", "node was killed",
+                      "raylet died", "raylet failed")
 
-def _run_job_task(spec_json: str, storage_path: str | None) -> dict[str, Any]:
-    from jobs.spec import spec_from_json
-    from orchestrator.launch import run_on_ray
 
-    return run_on_ray(spec_from_json(spec_json), storage_path)
+def run_actor_name(job_id: str) -> str:
+    return f"bertfleet-run-{job_id}"
 
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
@@ -275,6 +331,10 @@ def summarize_error(text: str, max_chars: int = 500) -> str:
     lines = [line for line in text.strip().splitlines() if line and not line[0].isspace() and not line.startswith("^")]
     causes = [line for line in lines if re.match(r"[\w.]+(Error|Exception|Exit|Interrupt)\b", line)]
     summary = (causes or lines or ["the run failed (no error text)"])[-1]
+    if summary.endswith(":"):  # a wrapper (Ray Train's WorkerGroupError): its first cause follows
+        after = lines[lines.index(summary) + 1:] if summary in lines else []
+        detail = next((line for line in after if not re.match(r"\[Rank \d+", line)), None)
+        summary = f"{summary} {detail}" if detail else summary
     return summary if len(summary) <= max_chars else summary[:max_chars] + "..."
 
 
@@ -286,48 +346,129 @@ def ray_nodes() -> list[Node]:
             for n in ray.nodes() if n.get("Alive")]
 
 
+class RunDriver:
+    """Drives one attempt of one job: `run_on_ray` in a thread of a detached actor on the head node.
+
+    Detached and named after the job, so the run outlives the controller that launched it and a
+    restarted controller finds it again (`RayLauncher.attach`). Killing this actor ends the run: the
+    Ray Train workers are actors it owns, and Ray kills what a dead owner owned.
+    """
+
+    def __init__(self, spec_json: str, storage_path: str | None, node_names: list[str]):
+        self.node_names = node_names
+        self._outcome: tuple[str, str | None] | None = None
+        threading.Thread(target=self._main, args=(spec_json, storage_path), name="run", daemon=True).start()
+
+    def _main(self, spec_json: str, storage_path: str | None) -> None:
+        from jobs.spec import spec_from_json
+        from orchestrator.launch import run_on_ray
+
+        try:
+            run_on_ray(spec_from_json(spec_json), storage_path)
+            self._outcome = ("succeeded", None)
+        except BaseException as err:  # noqa: BLE001 - whatever the run raised is its outcome
+            self._outcome = ("failed", _ANSI.sub("", f"{type(err).__name__}: {err}"))
+
+    def status(self) -> tuple[str, str | None]:
+        """("running", None), ("succeeded", None) or ("failed", error text)."""
+        return self._outcome or ("running", None)
+
+    def nodes(self) -> list[str]:
+        return self.node_names
+
+
+@dataclass(frozen=True)
+class RunHandle:
+    name: str
+    actor: Any
+
+
 class RayLauncher:
-    """Runs each job as `run_on_ray` inside a Ray task pinned to this (the head) node, so the driver
-    of the worker group is not on a preemptible node. The task takes no CPU; the worker group asks
-    for the gang.
+    """Runs each attempt in a `RunDriver` actor pinned to this (the head) node, so the driver of the
+    worker group is not on a preemptible node. The driver takes no CPU; the worker group asks for the
+    gang.
 
     The controller owns the retry budget: run_on_ray gets max_failures 0, so a failure reaches the
     controller at once instead of being retried inside Ray Train first (which would count twice).
 
     Preemption is recognized from the error text (Ray reports a preempted node as the node or actor
-    having died); anything else is a real failure.
+    having died; a worker that got a preemption notice raises cluster.preemption.Preempted); anything
+    else is a real failure. A driver that died (the head's worker process was killed) is a lost run,
+    reported as preempted: it is not the job's fault.
     """
 
-    def __init__(self, storage_path: str | None = None):
+    def __init__(self, storage_path: str | None = None, poll_timeout_s: float = 30.0):
         self.storage_path = storage_path
+        self.poll_timeout_s = poll_timeout_s
 
-    def launch(self, job: Job) -> Any:
+    def launch(self, job: Job, node_names: list[str]) -> RunHandle:
         import ray
         from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
+        name = run_actor_name(job.id)
+        self._kill_stale(name)
         spec = job.spec
-        spec = spec.model_copy(update={"resources": spec.resources.model_copy(update={"max_failures": 0})})
+        cpus = spec.resources.cpus_per_worker or gang_of(spec).bundle["CPU"]  # what the controller booked
+        spec = spec.model_copy(update={"resources": spec.resources.model_copy(
+            update={"max_failures": 0, "cpus_per_worker": int(cpus)})})
         here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
-        task = ray.remote(num_cpus=0, max_retries=0)(_run_job_task)
-        return task.options(name=f"bertfleet-{job.id}", scheduling_strategy=here).remote(spec.to_json(),
-                                                                                         self.storage_path)
+        actor = ray.remote(RunDriver).options(
+            name=name, namespace=RUN_NAMESPACE, lifetime="detached", max_restarts=0, num_cpus=0,
+            scheduling_strategy=here).remote(spec.to_json(), self.storage_path, list(node_names))
+        return RunHandle(name, actor)
 
-    def poll(self, handle: Any) -> RunStatus:
+    def attach(self, job: Job) -> tuple[RunHandle, list[str]] | None:
         import ray
 
-        ready, _ = ray.wait([handle], timeout=0)
-        if not ready:
-            return RunStatus("running")
+        name = run_actor_name(job.id)
         try:
-            ray.get(handle)
-        except Exception as err:  # noqa: BLE001 - whatever the run raised decides failure vs preemption
-            text = _ANSI.sub("", f"{type(err).__name__}: {err}")
-            log.warning("run %s ended with an error:\n%s", handle, text)
-            preempted = any(s in text.lower() for s in ("preempt", "node died", "nodedied", "node failed"))
-            return RunStatus("preempted" if preempted else "failed", error=summarize_error(text))
-        return RunStatus("succeeded")
+            actor = ray.get_actor(name, namespace=RUN_NAMESPACE)
+            node_names = ray.get(actor.nodes.remote(), timeout=self.poll_timeout_s)
+        except (ValueError, ray.exceptions.RayActorError):
+            return None
+        return RunHandle(name, actor), node_names
 
-    def stop(self, handle: Any) -> None:
+    def poll(self, handle: RunHandle) -> RunStatus:
         import ray
 
-        ray.cancel(handle, force=True)
+        try:
+            state, error = ray.get(handle.actor.status.remote(), timeout=self.poll_timeout_s)
+        except ray.exceptions.GetTimeoutError:
+            return RunStatus("running")  # busy; ask again next step
+        except ray.exceptions.RayActorError as err:
+            return RunStatus("preempted", error=f"the run's driver died: {summarize_error(str(err))}")
+        if state == "running":
+            return RunStatus("running")
+        ray.kill(handle.actor, no_restart=True)  # detached: it would otherwise stay
+        if state == "succeeded":
+            return RunStatus("succeeded")
+        log.warning("run %s ended with an error:\n%s", handle.name, error)
+        preempted = any(marker in (error or "").lower() for marker in PREEMPTION_MARKERS)
+        return RunStatus("preempted" if preempted else "failed", error=summarize_error(error or ""))
+
+    def stop(self, handle: RunHandle) -> None:
+        import ray
+
+        ray.kill(handle.actor, no_restart=True)
+
+    @staticmethod
+    def _kill_stale(name: str) -> None:
+        """Kills a driver left under this name (a controller that died between launching and recording
+        RUNNING): two drivers of one job must never run at once."""
+        import time
+
+        import ray
+
+        try:
+            stale = ray.get_actor(name, namespace=RUN_NAMESPACE)
+        except ValueError:
+            return
+        log.warning("killing a stale run driver %s before relaunching", name)
+        ray.kill(stale, no_restart=True)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:  # the name is free once the actor is gone
+            try:
+                ray.get_actor(name, namespace=RUN_NAMESPACE)
+            except ValueError:
+                return
+            time.sleep(0.2)

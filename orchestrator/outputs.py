@@ -1,6 +1,6 @@
 """Reading what a running job writes to its output directory (any fsspec URL): the metrics JSONL
-(jobs/logging.py's MetricsLogger) and the job log, read from the end so a long run costs no more
-than a short one.
+(jobs/logging.py's MetricsLogger) and the job log (jobs/logging.py's JobLogHandler), read from the
+end, or from a byte offset, so a long run costs no more than a short one.
 """
 
 from __future__ import annotations
@@ -10,10 +10,10 @@ from typing import Any
 
 import fsspec
 
+from jobs.logging import LOG_FILE
 from orchestrator.state import Progress
 
 METRICS_FILE = "metrics.jsonl"
-LOG_FILE = "job.log"  # what GET /jobs/{id}/logs tails; no component writes it yet
 TAIL_BYTES = 4 << 20
 
 
@@ -32,6 +32,47 @@ def tail_lines(url: str, num_lines: int, max_bytes: int = TAIL_BYTES) -> list[st
     if start > 0 and lines:
         lines = lines[1:]  # cut mid-line
     return lines[-num_lines:] if num_lines > 0 else []
+
+
+def read_log(output_dir: str, num_lines: int = 200, offset: int | None = None,
+             max_bytes: int = TAIL_BYTES) -> tuple[str, int]:
+    """The job log's text and the byte offset to ask for next, to follow it.
+
+    Only whole lines are returned (a line still being written comes with the next call), so the
+    offset always lies at a line start.
+
+    Args:
+        output_dir: the job's output directory.
+        num_lines: without an offset: the last num_lines lines (of the last max_bytes).
+        offset: the text after this byte offset, at most max_bytes of it. An offset past the end means
+            the log was rewritten shorter (an object store's log drops its oldest half when full): the
+            answer is then the tail, as without an offset.
+        max_bytes: the most read per call.
+
+    Returns:
+        (text, next offset); ("", 0) while there is no log yet.
+    """
+    fs, path = fsspec.core.url_to_fs(f"{output_dir.rstrip('/')}/{LOG_FILE}")
+    try:
+        size = fs.size(path) or 0
+    except (FileNotFoundError, OSError):
+        return "", 0
+    if offset is not None and offset <= size:
+        with fs.open(path, "rb") as f:
+            f.seek(offset)
+            data = f.read(max_bytes)
+        end = data.rfind(b"\n") + 1
+        if end == 0 and len(data) == max_bytes:
+            end = len(data)  # one line longer than max_bytes: it comes in pieces
+        return data[:end].decode("utf-8", "replace"), offset + end
+    start = max(0, size - max_bytes)
+    with fs.open(path, "rb") as f:
+        f.seek(start)
+        data = f.read(max_bytes)
+    first = data.find(b"\n") + 1 if start > 0 else 0  # cut mid-line
+    end = max(first, data.rfind(b"\n") + 1)
+    lines = data[first:end].decode("utf-8", "replace").splitlines()[-num_lines:] if num_lines > 0 else []
+    return "".join(f"{line}\n" for line in lines), start + end
 
 
 def read_metrics(output_dir: str, limit: int = 1000, since_step: int | None = None) -> list[dict[str, Any]]:

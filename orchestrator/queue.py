@@ -2,9 +2,10 @@
 or none are).
 
 A job's gang is `num_workers` identical bundles, one per worker, each on a single node:
-  cpu  {"CPU": 1}
-  gpu  {"CPU": 1, "GPU": 1}                 (+ {"accelerator_type:<T>": 0.001} when the spec names a type)
-  tpu  {"CPU": 1, "TPU-host": 1}            one worker per host, holding the whole host (+ accelerator type)
+  cpu  {"CPU": c}
+  gpu  {"CPU": c, "GPU": 1}                 (+ {"accelerator_type:<T>": 0.001} when the spec names a type)
+  tpu  {"CPU": c, "TPU-host": 1}            one worker per host, holding the whole host (+ accelerator type)
+with c = resources.cpus_per_worker (default 1), which is also what the launched workers ask Ray for.
 The accelerator-type resource follows Ray's convention: nodes carry `accelerator_type:H100: 1` and
 each worker asks for a sliver of it, so any number of workers share the label.
 
@@ -46,7 +47,7 @@ class Gang:
 def gang_of(spec: JobSpec) -> Gang:
     """The resources a job's worker group needs (see the module docstring)."""
     resources = spec.resources
-    bundle: dict[str, float] = {"CPU": 1.0}
+    bundle: dict[str, float] = {"CPU": float(resources.cpus_per_worker or 1)}
     if resources.accelerator == "gpu":
         bundle["GPU"] = 1.0
     elif resources.accelerator == "tpu":

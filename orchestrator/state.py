@@ -9,6 +9,7 @@ every function takes the time it needs as an argument, so tests step through a l
 QUEUED -> SCHEDULED -> RUNNING -> SUCCEEDED | FAILED | CANCELLED
                        RUNNING -> QUEUED     a real failure with failures left: retried after a backoff
                        RUNNING -> PREEMPTED -> QUEUED -> ... -> RUNNING   resumed from its newest checkpoint
+FAILED | CANCELLED -> QUEUED   a user's resume (`bertfleet resume`): from its newest checkpoint, failures counted afresh
 (and CANCELLED from every state that has not ended; see TRANSITIONS for the whole table)
 ```
 """
@@ -63,8 +64,10 @@ TRANSITIONS: dict[JobState, frozenset[JobState]] = {
                                  JobState.QUEUED}),
     JobState.PREEMPTED: frozenset({JobState.QUEUED, JobState.CANCELLED}),
     JobState.SUCCEEDED: frozenset(),
-    JobState.FAILED: frozenset(),
-    JobState.CANCELLED: frozenset(),
+    # The run has ended; only a user's resume (`on_resume`) brings the job back. A SUCCEEDED job has
+    # nothing left to resume: more training is a new job.
+    JobState.FAILED: frozenset({JobState.QUEUED}),
+    JobState.CANCELLED: frozenset({JobState.QUEUED}),
 }
 
 
@@ -159,6 +162,7 @@ class Decision:
     count_preemption: bool = False
     next_attempt_after: datetime | None = None
     error: str | None = None
+    resumed: bool = False  # a user's resume: failures counted afresh, no backoff, no stale cancel request
 
 
 def _iso(t: datetime | None) -> str | None:
@@ -231,6 +235,34 @@ def on_cancel(job: Job, who: str = "user") -> Decision | None:
 
 def on_stopped_for_cancel(job: Job) -> Decision:
     return Decision(JobState.CANCELLED, "cancelled by request; the run was stopped")
+
+
+# What to do instead of resuming a job in a state that cannot be resumed.
+_NOT_RESUMABLE = {
+    JobState.QUEUED: "it is already waiting to run",
+    JobState.SCHEDULED: "it is starting; to restart it, cancel it, then resume it",
+    JobState.RUNNING: "it is running; to restart it, cancel it (bertfleet cancel), then resume it",
+    JobState.PREEMPTED: "it goes back to the queue by itself and resumes from its newest checkpoint",
+    JobState.SUCCEEDED: "it finished; to train further, submit a new job (e.g. with a larger "
+                        "training.num_train_steps and the same output.output_dir, to start from its checkpoint)",
+}
+
+
+def on_resume(job: Job, who: str = "user") -> Decision:
+    """A user's resume of a FAILED or CANCELLED job: back to the queue, to resume from its newest
+    committed checkpoint (the job keeps its output_dir, where the trainer finds it). The failure count
+    and backoff start afresh, so resources.max_failures applies to the resumed job as to a new one, and
+    a cancel request left from before is cleared.
+
+    Raises:
+        IllegalTransition: the job is in any other state; the message says what to do instead.
+    """
+    if job.state not in (JobState.FAILED, JobState.CANCELLED):
+        raise IllegalTransition(f"job {job.id} is {job.state.value}: only a FAILED or CANCELLED job can be "
+                                f"resumed; {_NOT_RESUMABLE[job.state]}")
+    check_transition(job.id, job.state, JobState.QUEUED)
+    where = f"checkpoint step {job.checkpoint_step}" if job.checkpoint_step is not None else "the start (no checkpoint)"
+    return Decision(JobState.QUEUED, f"resumed by {who} from {where} after it was {job.state.value}", resumed=True)
 
 
 def on_run_lost(job: Job) -> Decision:

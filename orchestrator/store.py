@@ -39,7 +39,17 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sess
 from sqlalchemy.pool import StaticPool
 
 from jobs.spec import JobSpec
-from orchestrator.state import Decision, Event, IllegalTransition, Job, JobState, Progress, check_transition, on_cancel
+from orchestrator.state import (
+    Decision,
+    Event,
+    IllegalTransition,
+    Job,
+    JobState,
+    Progress,
+    check_transition,
+    on_cancel,
+    on_resume,
+)
 
 DEFAULT_DB = Path("~/.bertfleet/bertfleet.db")
 
@@ -288,12 +298,15 @@ class Store:
 
     def transition(self, job_id: str, to_state: JobState, reason: str, *, expected: JobState | None = None,
                    count_failure: bool = False, count_preemption: bool = False,
-                   next_attempt_after: datetime | None = None, error: str | None = None) -> Job:
+                   next_attempt_after: datetime | None = None, error: str | None = None,
+                   resumed: bool = False) -> Job:
         """Moves a job to `to_state` and records the event, in one transaction.
 
         Args:
             expected: the state the caller last saw; when the job has moved on since (e.g. a cancel
                 came in), nothing changes and IllegalTransition is raised.
+            resumed: a user's resume (state.on_resume): the failure count, the backoff and any cancel
+                request are reset.
 
         Raises:
             JobNotFound, IllegalTransition.
@@ -315,6 +328,12 @@ class Store:
                 session.add(AttemptRow(job_seq=row.seq, number=row.num_attempts, started_at=now))
             if to_state.is_terminal:
                 row.finished_at = now
+            elif from_state.is_terminal:
+                row.finished_at = None  # ended, then resumed: it has not finished (again) yet
+            if resumed:
+                row.num_failures = 0
+                row.next_attempt_after = None
+                row.cancel_requested = False
             if count_failure:
                 row.num_failures += 1
                 row.last_error = error
@@ -332,7 +351,8 @@ class Store:
         """Executes a policy's Decision (see `transition`)."""
         return self.transition(job_id, decision.to_state, decision.reason, expected=expected,
                                count_failure=decision.count_failure, count_preemption=decision.count_preemption,
-                               next_attempt_after=decision.next_attempt_after, error=decision.error)
+                               next_attempt_after=decision.next_attempt_after, error=decision.error,
+                               resumed=decision.resumed)
 
     @staticmethod
     def _close_attempt(session: Session, row: JobRow, to_state: JobState, failed: bool, error: str | None,
@@ -377,6 +397,17 @@ class Store:
             except IllegalTransition:
                 continue
         raise IllegalTransition(f"job {job_id} kept changing state; try the cancel again")
+
+    def resume(self, job_id: str, who: str = "user") -> Job:
+        """Puts a FAILED or CANCELLED job back in the queue, to resume from its newest committed
+        checkpoint with its failures counted afresh (state.on_resume).
+
+        Raises:
+            JobNotFound; IllegalTransition: the job is in another state (the message says what to do).
+        """
+        job = self.get(job_id)
+        # expected: a concurrent resume (or anything else) that moved the job first wins; this one fails
+        return self.apply(job_id, on_resume(job, who), expected=job.state)
 
     def record_progress(self, job_id: str, progress: Progress | None = None, checkpoint_step: int | None = None) -> None:
         """Updates a running job's progress and newest committed checkpoint (not a transition: no event)."""

@@ -2,11 +2,20 @@
 
 from __future__ import annotations
 
+import os
+import tempfile
 from pathlib import Path
 
 import pytest
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+
+# The CLI finds a cluster `bertfleet up` started through $BERTFLEET_HOME (default ~/.bertfleet): tests get
+# their own, so a developer's running cluster never answers a test, nor a test's theirs.
+os.environ["BERTFLEET_HOME"] = tempfile.mkdtemp(prefix="bertfleet-home-")
+# Ray clusters in tests stay on 127.0.0.1, also when a test connects to one it started (see
+# cluster.local.use_loopback); Ray reads this once, at import, so it is set before anything imports ray.
+os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
 
 
 @pytest.fixture(scope="session")

@@ -102,8 +102,41 @@ class LocalBackend:
         """The mean of a tensor over ranks."""
         return self.sum(value) / self.world_size
 
+    def any_rank(self, flag: bool) -> bool:
+        """Whether `flag` is true on any rank. Decisions that start collectives (stop and checkpoint
+        on a preemption notice that reached one worker) must be the same on every rank, or the others
+        wait forever in the next collective. No collective with one rank; with several, a host sync
+        (backends whose `sum` runs on an accelerator override this to stay off the device)."""
+        if self.world_size == 1:
+            return flag
+        return bool(self.sum(torch.tensor([1.0 if flag else 0.0])).item() > 0)
+
     def shutdown(self) -> None:
         """Releases process groups or engines."""
+
+
+_host_group: tuple[Any, Any] | None = None  # (the default process group, its gloo twin)
+
+
+def any_rank_on_host(flag: bool) -> bool:
+    """`flag` OR-ed over the torch.distributed ranks with a CPU tensor, for `any_rank` on every step.
+
+    An NCCL all-reduce read on the host would make the host wait for the GPU's whole queue every
+    step; a gloo all-reduce waits only for the other ranks' hosts. It goes through the default group
+    when that has gloo (CPU jobs, "cpu:gloo,cuda:nccl"), else through a gloo group made on the first
+    call (a collective call, fine here: every rank reaches the same step).
+    """
+    import torch.distributed as dist
+
+    global _host_group
+    group = None
+    if "gloo" not in str(dist.get_backend()):
+        if _host_group is None or _host_group[0] is not dist.group.WORLD:
+            _host_group = (dist.group.WORLD, dist.new_group(backend="gloo"))
+        group = _host_group[1]
+    value = torch.tensor([1.0 if flag else 0.0])
+    dist.all_reduce(value, op=dist.ReduceOp.MAX, group=group)
+    return bool(value.item() > 0)
 
 
 def make_backend(name: str, spec: Any = None) -> LocalBackend:

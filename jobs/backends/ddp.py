@@ -10,7 +10,7 @@ import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from jobs.backends import LocalBackend
+from jobs.backends import LocalBackend, any_rank_on_host
 
 
 class DDPBackend(LocalBackend):
@@ -46,3 +46,6 @@ class DDPBackend(LocalBackend):
         value = value.detach().clone().to(self.device)
         dist.all_reduce(value)
         return value
+
+    def any_rank(self, flag: bool) -> bool:
+        return flag if self.world_size == 1 else any_rank_on_host(flag)

@@ -66,7 +66,7 @@ import torch.distributed as dist
 from fsspec.implementations.local import LocalFileSystem
 from torch import nn
 
-from jobs.backends import LocalBackend
+from jobs.backends import LocalBackend, any_rank_on_host
 from jobs.spec import JobSpec, SpecError
 
 log = logging.getLogger("bertfleet")
@@ -400,6 +400,9 @@ class DeepSpeedBackend(LocalBackend):
         value = value.detach().clone().to(self.device)
         dist.all_reduce(value)
         return value
+
+    def any_rank(self, flag: bool) -> bool:
+        return flag if self.world_size == 1 else any_rank_on_host(flag)
 
     def shutdown(self) -> None:
         """Releases the engine (hooks, ZeRO buffers); the process group stays with Ray Train."""

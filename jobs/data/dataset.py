@@ -27,7 +27,13 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from jobs.data.pretraining import PretrainingDataConfig, create_masked_lm_predictions
-from jobs.data.tfrecord import FixedLenFeature, ReadStats, TFRecordReader, expand_urls, decode_batch
+from jobs.data.tfrecord import (
+    FixedLenFeature,
+    ReadStats,
+    TFRecordReader,
+    decode_batch,
+    expand_urls,
+)
 
 # Stable record ids: file index (in sorted order) in the high bits, record index in the low.
 _RECORD_BITS = 32

@@ -9,13 +9,18 @@ import random
 from pathlib import Path
 
 import fsspec
-from fsspec.implementations.local import LocalFileSystem
 import numpy as np
 import torch
+from fsspec.implementations.local import LocalFileSystem
 
 from jobs.spec import JobSpec, SpecError
 from models.bert import BertPreTrainedModel
-from models.checkpoints import CheckpointError, check_vocab_size, detect_format, load_pretrained
+from models.checkpoints import (
+    CheckpointError,
+    check_vocab_size,
+    detect_format,
+    load_pretrained,
+)
 from models.config import BertConfig, ConfigError
 from models.tokenization import FullTokenizer
 

@@ -14,12 +14,28 @@ import torch.nn.functional as F
 
 from jobs.backends import LocalBackend
 from jobs.data.dataset import ArrayLoader
-from jobs.data.glue import (SHARED_LAYOUTS, InputExample, TableFormat, TaskSpec, compute_metrics,
-                            convert_examples_to_arrays, get_task, read_examples, read_task_split, split_holdout)
+from jobs.data.glue import (
+    SHARED_LAYOUTS,
+    InputExample,
+    TableFormat,
+    TaskSpec,
+    compute_metrics,
+    convert_examples_to_arrays,
+    get_task,
+    read_examples,
+    read_task_split,
+    split_holdout,
+)
 from jobs.data.pretraining import DataError
 from jobs.results import write_eval_results, write_test_results
 from jobs.spec import JobSpec, SpecError, TableSpec
-from jobs.tasks.base import build_model, build_tokenizer, export_model, resolve_config, seed_everything
+from jobs.tasks.base import (
+    build_model,
+    build_tokenizer,
+    export_model,
+    resolve_config,
+    seed_everything,
+)
 from jobs.trainer import StepFn, Trainer
 from models.bert import BertForSequenceClassification
 

@@ -14,10 +14,10 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
+from jobs.backends import LocalBackend
 from jobs.data.glue import TaskSpec
 from jobs.spec import JobSpec, SpecError
 from jobs.tasks import classify
-from jobs.backends import LocalBackend
 from jobs.trainer import StepFn
 from models.bert import BertForSequenceClassification
 from models.checkpoints import CheckpointError, load_pretrained

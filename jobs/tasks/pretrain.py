@@ -12,12 +12,23 @@ from collections.abc import Callable
 import torch
 
 from jobs.backends import LocalBackend
-from jobs.data.dataset import (DynamicMasker, PretrainingBatches, RecordStream, ResumableLoader,
-                               pretraining_features)
+from jobs.data.dataset import (
+    DynamicMasker,
+    PretrainingBatches,
+    RecordStream,
+    ResumableLoader,
+    pretraining_features,
+)
 from jobs.data.pretraining import PretrainingDataConfig
-from jobs.spec import JobSpec, SpecError
 from jobs.results import write_eval_results
-from jobs.tasks.base import build_model, build_tokenizer, export_model, resolve_config, seed_everything
+from jobs.spec import JobSpec, SpecError
+from jobs.tasks.base import (
+    build_model,
+    build_tokenizer,
+    export_model,
+    resolve_config,
+    seed_everything,
+)
 from jobs.trainer import StepContext, Trainer
 from models.bert import BertForPreTraining
 

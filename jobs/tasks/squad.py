@@ -21,12 +21,27 @@ import torch
 
 from jobs.backends import LocalBackend
 from jobs.data.dataset import ArrayLoader
-from jobs.data.squad import (SquadError, SquadResult, convert_examples_to_features, evaluate_v1, evaluate_v2,
-                             features_to_arrays, load_squad_json, read_squad_examples, write_prediction_files,
-                             write_predictions)
+from jobs.data.squad import (
+    SquadError,
+    SquadResult,
+    convert_examples_to_features,
+    evaluate_v1,
+    evaluate_v2,
+    features_to_arrays,
+    load_squad_json,
+    read_squad_examples,
+    write_prediction_files,
+    write_predictions,
+)
 from jobs.results import write_eval_results, write_text
 from jobs.spec import JobSpec, SpecError
-from jobs.tasks.base import build_model, build_tokenizer, export_model, resolve_config, seed_everything
+from jobs.tasks.base import (
+    build_model,
+    build_tokenizer,
+    export_model,
+    resolve_config,
+    seed_everything,
+)
 from jobs.trainer import Trainer
 
 log = logging.getLogger("bertfleet")

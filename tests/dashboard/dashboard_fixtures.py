@@ -31,7 +31,7 @@ class FakeLauncher:
     def __init__(self) -> None:
         self.status: dict[str, RunStatus] = {}
 
-    def launch(self, job: Job) -> str:
+    def launch(self, job: Job, node_names: list[str]) -> str:
         self.status[job.id] = RunStatus("running")
         return job.id
 

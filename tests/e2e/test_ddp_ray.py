@@ -11,9 +11,9 @@ import signal
 import threading
 import time
 
-import psutil
 import pytest
 import torch
+from ray_processes import train_worker_pids
 
 from jobs.checkpoint import CheckpointStore
 from jobs.runner import run_job
@@ -93,9 +93,7 @@ def test_a_killed_worker_is_replaced_and_the_run_ends_bitwise_equal(uninterrupte
         metrics = tmp_path / "metrics.jsonl"
         steps = _losses(tmp_path) if metrics.exists() else {}
         if steps and max(steps) >= 10:  # past the step-8 checkpoint, before the end
-            # Ray titles worker processes "ray::RayTrainWorker..." (the state API needs the dashboard).
-            workers = [p.pid for p in psutil.process_iter(["cmdline"])
-                       if p.info["cmdline"] and p.info["cmdline"][0].startswith("ray::RayTrainWorker")]
+            workers = train_worker_pids()
             killed = workers[-1]
             os.kill(killed, signal.SIGKILL)
         time.sleep(0.02)

@@ -27,7 +27,7 @@ class FakeLauncher:
         self.stopped: list[str] = []
         self.fail_launch: str | None = None
 
-    def launch(self, job: Job) -> str:
+    def launch(self, job: Job, node_names: list[str]) -> str:
         if self.fail_launch:
             raise RuntimeError(self.fail_launch)
         self.launched.append(job.id)

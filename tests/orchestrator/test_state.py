@@ -42,8 +42,10 @@ def test_the_table_is_the_documented_lifecycle():
         (S.SCHEDULED, S.RUNNING), (S.SCHEDULED, S.QUEUED), (S.SCHEDULED, S.FAILED), (S.SCHEDULED, S.CANCELLED),
         (S.RUNNING, S.SUCCEEDED), (S.RUNNING, S.FAILED), (S.RUNNING, S.CANCELLED), (S.RUNNING, S.PREEMPTED),
         (S.RUNNING, S.QUEUED),
-        (S.PREEMPTED, S.QUEUED), (S.PREEMPTED, S.CANCELLED)}
-    assert all(not TRANSITIONS[s] for s in TERMINAL)
+        (S.PREEMPTED, S.QUEUED), (S.PREEMPTED, S.CANCELLED),
+        (S.FAILED, S.QUEUED), (S.CANCELLED, S.QUEUED)}  # a user's resume (on_resume)
+    # an ended job's only way back is the queue (a resume); SUCCEEDED has nothing to resume
+    assert all(TRANSITIONS[s] <= {S.QUEUED} for s in TERMINAL) and not TRANSITIONS[S.SUCCEEDED]
     assert all(S.CANCELLED in TRANSITIONS[s] for s in ALL if s not in TERMINAL)
 
 

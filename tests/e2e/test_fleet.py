@@ -1,0 +1,200 @@
+"""The controller on a simulated multi-node Ray cluster (ray.cluster_utils on 127.0.0.1, fake GPUs,
+CPU execution), driven only through its HTTP API, as users do: gang scheduling of competing jobs,
+a node killed under a 2-worker pretraining job three times (preempted, requeued, resumed, bitwise
+equal to an uninterrupted run), and the controller actor killed mid-run (restarted, re-attached, the
+job finishes once)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import time
+from collections.abc import Callable
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from jobs.checkpoint import CheckpointStore
+from jobs.spec import parse_spec
+from models.config import BertConfig
+
+pytest.importorskip("ray.train", reason="Ray Train runs the multi-worker jobs (pip install 'ray[train]')")
+
+TERMINAL = ("SUCCEEDED", "FAILED", "CANCELLED")
+pytestmark = pytest.mark.timeout(900)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def fleet(tmp_path_factory):
+    """Head + two simulated GPU nodes (2 fake GPUs, 2 CPUs each), the controller actor and its API."""
+    from cluster.local import SimulatedCluster, write_token_file
+    from orchestrator.client import HttpClient
+    from orchestrator.service import ServiceConfig, start_service, stop_service
+
+    home = tmp_path_factory.mktemp("fleet")
+    cluster = SimulatedCluster(head_cpus=1, fast_failure_detection=True)
+    try:
+        for _ in range(2):
+            cluster.add_gpu_node(gpus=2, cpus=2)
+        cluster.connect()
+        write_token_file(home / "token")
+        port = _free_port()
+        actor = start_service(ServiceConfig(db=str(home / "jobs.db"), token_file=str(home / "token"), port=port,
+                                            interval_s=0.5, ray_storage=str(home / "ray")))
+        client = HttpClient(f"http://127.0.0.1:{port}", (home / "token").read_text())
+        yield cluster, client, actor
+        stop_service()
+    finally:
+        cluster.shutdown()
+
+
+@pytest.fixture(scope="module")
+def config_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("config") / "bert_config.json"
+    BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=37,
+               max_position_embeddings=128, hidden_dropout_prob=0.0,
+               attention_probs_dropout_prob=0.0).to_google_json(path)
+    return str(path)
+
+
+def _spec(config_file: str, shared: Path, output_dir: Path, steps: int, gpus: int = 2, num_hosts: int = 1,
+          save_every: int = 5, name: str | None = None):
+    return parse_spec({
+        "kind": "pretrain", "name": name,
+        "model": {"bert_config_file": config_file, "vocab_file": str(shared / "data/uncased_vocab.txt")},
+        "data": {"train_file": str(shared / "fixtures/sample_text_wwm*.tfrecord"), "shuffle_buffer": 16},
+        "training": {"train_batch_size": 8, "num_train_steps": steps, "num_warmup_steps": 2, "learning_rate": 1e-3,
+                     "log_every_steps": 1, "do_eval": False},
+        "output": {"output_dir": str(output_dir), "save_checkpoints_steps": save_every, "export_hf": False},
+        "resources": {"accelerator": "gpu", "backend": "ddp", "num_hosts": num_hosts,
+                      "devices_per_host": gpus // num_hosts, "cpus_per_worker": 1, "max_failures": 1},
+        "logging": {"wandb": False},
+    })
+
+
+def _get(client, job_id: str) -> dict[str, Any]:
+    """The job, retrying while the API is away (a controller restart)."""
+    from orchestrator.client import ClientError
+
+    for _ in range(240):
+        try:
+            return client.get(job_id)
+        except ClientError:
+            time.sleep(0.5)
+    raise AssertionError("the API did not come back within 2 minutes")
+
+
+def _wait(client, job_id: str, until: Callable[[dict[str, Any]], bool], timeout_s: float = 300) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        job = _get(client, job_id)
+        if until(job):
+            return job
+        if job["state"] in TERMINAL:
+            raise AssertionError(f"job {job_id} ended {job['state']} ({job.get('last_error')}) before the "
+                                 f"awaited condition; events: {client.events(job_id)}")
+        time.sleep(0.3)
+    raise AssertionError(f"job {job_id} timed out waiting; it is {_get(client, job_id)}")
+
+
+def _step(job: dict[str, Any]) -> int:
+    return (job.get("progress") or {}).get("step") or 0
+
+
+def _started(events: list[dict[str, Any]]) -> list[datetime]:
+    return [datetime.fromisoformat(e["time"]) for e in events if e["to_state"] == "RUNNING"]
+
+
+def _ended(events: list[dict[str, Any]]) -> datetime:
+    return max(datetime.fromisoformat(e["time"]) for e in events if e["to_state"] in TERMINAL)
+
+
+def _train_worker_nodes() -> set[str]:
+    import ray
+
+    return {a["Address"]["NodeID"] for a in ray._private.state.actors().values()
+            if a["ActorClassName"].endswith("RayTrainWorker") and a["State"] == "ALIVE"}
+
+
+def _weights(output_dir: Path) -> dict[str, torch.Tensor]:
+    return CheckpointStore(str(output_dir)).load()["backend"]["model"]
+
+
+def test_competing_jobs_are_gang_scheduled_by_priority_without_deadlock(fleet, config_file, shared, tmp_path):
+    """4 fake GPUs on 2 nodes. A (2 GPUs) runs; B (4 GPUs over 2 hosts, higher priority) cannot fit
+    until A ends and holds back C (2 GPUs, submitted last), which would fit beside A: B runs on both
+    nodes once A is done, C after B. Nothing starts on a partial gang, nothing deadlocks."""
+    _, client, _ = fleet
+    a = client.submit(_spec(config_file, shared, tmp_path / "a", steps=30, name="a"))["id"]
+    _wait(client, a, lambda job: job["state"] == "RUNNING")
+    b = client.submit(_spec(config_file, shared, tmp_path / "b", steps=6, gpus=4, num_hosts=2, name="b"),
+                      priority=5)["id"]
+    c = client.submit(_spec(config_file, shared, tmp_path / "c", steps=6, name="c"))["id"]
+    for job_id in (a, b, c):
+        assert _wait(client, job_id, lambda job: job["state"] in TERMINAL)["state"] == "SUCCEEDED"
+    events = {job_id: client.events(job_id) for job_id in (a, b, c)}
+    (a_start,), (b_start,), (c_start,) = (_started(events[j]) for j in (a, b, c))
+    assert a_start < b_start < c_start
+    assert b_start >= _ended(events[a])  # B's gang needed A's GPUs
+    assert c_start >= _ended(events[b])  # C did not slip past the higher-priority B
+    placed = next(e["reason"] for e in events[b] if e["to_state"] == "SCHEDULED")
+    assert placed.startswith("gang of 4 x") and placed.count("127.0.0.1/") == 2  # both nodes
+
+
+def test_a_node_killed_three_times_under_a_job_preempts_and_resumes_it_bitwise(fleet, config_file, shared, tmp_path):
+    cluster, client, _ = fleet
+    steps = 120
+    reference = client.submit(_spec(config_file, shared, tmp_path / "reference", steps, save_every=10))["id"]
+    assert _wait(client, reference, lambda job: job["state"] in TERMINAL)["state"] == "SUCCEEDED"
+
+    job_id = client.submit(_spec(config_file, shared, tmp_path / "preempted", steps, save_every=10))["id"]
+    for kill, at_step in enumerate((15, 50, 85), start=1):
+        _wait(client, job_id, lambda job, at_step=at_step: job["state"] == "RUNNING" and _step(job) >= at_step,
+              timeout_s=240)
+        hosts = _train_worker_nodes()
+        victims = [node for node in cluster.nodes if cluster.node_id(node) in hosts]
+        assert len(victims) == 1, f"the job's 2 workers should share one node, found {hosts}"
+        cluster.kill_node(victims[0])
+        cluster.add_gpu_node(gpus=2, cpus=2)  # capacity comes back (a new spot VM)
+        _wait(client, job_id, lambda job, kill=kill: job["num_preemptions"] >= kill, timeout_s=120)
+    done = _wait(client, job_id, lambda job: job["state"] in TERMINAL, timeout_s=300)
+    assert done["state"] == "SUCCEEDED", done
+    assert (done["num_preemptions"], done["num_failures"], done["num_attempts"]) == (3, 0, 4)
+    events = client.events(job_id)
+    assert [e["to_state"] for e in events].count("PREEMPTED") == 3
+    assert [e["to_state"] for e in events].count("QUEUED") == 4  # submitted + requeued after each preemption
+    final, expected = _weights(tmp_path / "preempted"), _weights(tmp_path / "reference")
+    assert CheckpointStore(str(tmp_path / "preempted")).latest() == steps
+    assert final.keys() == expected.keys()
+    for name in expected:
+        assert torch.equal(final[name], expected[name]), name
+
+
+def test_a_killed_controller_is_restarted_and_reattaches_so_the_job_runs_once(fleet, config_file, shared, tmp_path):
+    import ray
+
+    _, client, actor = fleet
+    before = ray.get(actor.ping.remote())
+    job_id = client.submit(_spec(config_file, shared, tmp_path / "out", steps=80, save_every=10))["id"]
+    _wait(client, job_id, lambda job: job["state"] == "RUNNING" and _step(job) >= 5, timeout_s=240)
+    os.kill(before["pid"], signal.SIGKILL)  # the controller process dies; Ray restarts the actor
+
+    done = _wait(client, job_id, lambda job: job["state"] in TERMINAL, timeout_s=300)
+    after = ray.get(actor.ping.remote(), timeout=60)
+    assert after["pid"] != before["pid"]
+    assert done["state"] == "SUCCEEDED"
+    assert (done["num_attempts"], done["num_preemptions"], done["num_failures"]) == (1, 0, 0)  # re-attached
+    states = [e["to_state"] for e in client.events(job_id)]
+    assert states == ["QUEUED", "SCHEDULED", "RUNNING", "SUCCEEDED"]
+    losses = [line for line in (tmp_path / "out/metrics.jsonl").read_text().splitlines() if '"train/loss"' in line]
+    assert len(losses) == 80  # every step trained and logged exactly once
