@@ -36,7 +36,7 @@ class BertOutput:
     """What BertModel returns.
 
     Attributes:
-        sequence_output: float [B, T, H], the last layer.
+        sequence_output: float [B, T, H], the last layer ([B, P, H] when output_positions were given).
         pooled_output: float [B, H], tanh(dense(first token)).
         all_encoder_layers: every layer's output, L tensors of [B, T, H], when asked for.
     """
@@ -55,7 +55,7 @@ class PreTrainingOutput:
     loss: Tensor | None = None
     masked_lm_loss: Tensor | None = None
     next_sentence_loss: Tensor | None = None
-    bert: BertOutput | None = None
+    bert: BertOutput | None = None  # in training, sequence_output holds only the masked positions
 
 
 @dataclasses.dataclass
@@ -92,18 +92,23 @@ class BertSelfAttention(nn.Module):
         self.value = nn.Linear(config.hidden_size, config.hidden_size)
         self.dropout_prob = config.attention_probs_dropout_prob
 
-    def forward(self, x: Tensor, mask_bias: Tensor) -> Tensor:
-        """float [B, T, H] and additive mask [B, 1, 1, T] -> context float [B, T, H]."""
-        b, t, h = x.shape
+    def forward(self, x: Tensor, mask_bias: Tensor, rows: Tensor | None = None) -> Tensor:
+        """float [B, T, H] and additive mask [B, 1, 1, T] -> context float [B, T, H].
 
-        def heads(proj: nn.Linear) -> Tensor:  # [B, T, H] -> [B, N, T, D]
-            return proj(x).view(b, t, self.num_heads, h // self.num_heads).transpose(1, 2)
+        rows: float [B, R, H], when given, the only rows whose context is wanted (queries come
+            from them; keys and values still from all of x): the context is then [B, R, H].
+        """
+        rows = x if rows is None else rows
+        b, h = x.shape[0], x.shape[2]
+
+        def heads(proj: nn.Linear, source: Tensor) -> Tensor:  # [B, T, H] -> [B, N, T, D]
+            return proj(source).view(b, source.shape[1], self.num_heads, h // self.num_heads).transpose(1, 2)
 
         # SDPA picks flash / memory-efficient kernels on GPU and a fused kernel on CPU.
         context = F.scaled_dot_product_attention(
-            heads(self.query), heads(self.key), heads(self.value), attn_mask=mask_bias,
+            heads(self.query, rows), heads(self.key, x), heads(self.value, x), attn_mask=mask_bias,
             dropout_p=self.dropout_prob if self.training else 0.0)
-        return context.transpose(1, 2).reshape(b, t, h)
+        return context.transpose(1, 2).reshape(b, rows.shape[1], h)
 
 
 class BertDenseOutput(nn.Module):
@@ -125,8 +130,9 @@ class BertAttention(nn.Module):
         self.self = BertSelfAttention(config)
         self.output = BertDenseOutput(config, config.hidden_size)
 
-    def forward(self, x: Tensor, mask_bias: Tensor) -> Tensor:
-        return self.output(self.self(x, mask_bias), x)
+    def forward(self, x: Tensor, mask_bias: Tensor, rows: Tensor | None = None) -> Tensor:
+        """As BertSelfAttention: [B, T, H] -> [B, T, H], or [B, R, H] for the given rows."""
+        return self.output(self.self(x, mask_bias, rows), x if rows is None else rows)
 
 
 class BertIntermediate(nn.Module):
@@ -146,9 +152,10 @@ class BertLayer(nn.Module):
         self.intermediate = BertIntermediate(config)
         self.output = BertDenseOutput(config, config.intermediate_size)
 
-    def forward(self, x: Tensor, mask_bias: Tensor) -> Tensor:
-        """float [B, T, H] -> float [B, T, H]."""
-        attended = self.attention(x, mask_bias)
+    def forward(self, x: Tensor, mask_bias: Tensor, rows: Tensor | None = None) -> Tensor:
+        """float [B, T, H] -> float [B, T, H]; given rows [B, R, H] (rows of x), only their
+        outputs [B, R, H]: every step after the key/value projections is row-wise."""
+        attended = self.attention(x, mask_bias, rows)
         return self.output(self.intermediate(attended), attended)
 
 
@@ -158,15 +165,22 @@ class BertEncoder(nn.Module):
         self.layer = nn.ModuleList(BertLayer(config) for _ in range(config.num_hidden_layers))
         self.gradient_checkpointing = False
 
-    def forward(self, x: Tensor, mask_bias: Tensor) -> list[Tensor]:
-        """Returns every layer's output, L tensors of float [B, T, H]."""
+    def forward(self, x: Tensor, mask_bias: Tensor, last_layer_positions: Tensor | None = None) -> list[Tensor]:
+        """Returns every layer's output, L tensors of float [B, T, H].
+
+        last_layer_positions: int [B, R], when given, the last layer runs only at these positions
+            (attending over all T) and its output is [B, R, H], the rows in this order.
+        """
         outputs = []
-        for layer in self.layer:
+        for i, layer in enumerate(self.layer):
+            rows = None
+            if last_layer_positions is not None and i == len(self.layer) - 1:
+                rows = x.gather(1, last_layer_positions[:, :, None].expand(-1, -1, x.shape[-1]))
             if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
                 # Recompute this layer's activations in backward instead of storing them.
-                x = torch.utils.checkpoint.checkpoint(layer, x, mask_bias, use_reentrant=False)
+                x = torch.utils.checkpoint.checkpoint(layer, x, mask_bias, rows, use_reentrant=False)
             else:
-                x = layer(x, mask_bias)
+                x = layer(x, mask_bias, rows)
             outputs.append(x)
         return outputs
 
@@ -230,7 +244,8 @@ class BertModel(BertPreTrainedModel):
         self.init_weights()
 
     def forward(self, input_ids: Tensor, token_type_ids: Tensor | None = None,
-                attention_mask: Tensor | None = None, output_all_encoded_layers: bool = False) -> BertOutput:
+                attention_mask: Tensor | None = None, output_all_encoded_layers: bool = False,
+                output_positions: Tensor | None = None) -> BertOutput:
         """Encodes a batch.
 
         Args:
@@ -239,10 +254,22 @@ class BertModel(BertPreTrainedModel):
             attention_mask: int [B, T], 1 for real tokens, 0 for padding (the original's input_mask);
                 all ones if None.
             output_all_encoded_layers: also return every layer's output.
+            output_positions: int [B, P], when given, the only positions whose last-layer output is
+                wanted (pretraining needs just the masked ones): the last layer computes its queries,
+                attention output and feed-forward only there and at position 0 (for the pooler),
+                with keys and values from all T as usual, so those rows are exactly what the full
+                computation gives. sequence_output is then [B, P, H].
 
         Returns:
-            BertOutput with sequence_output [B, T, H] and pooled_output [B, H].
+            BertOutput with sequence_output [B, T, H] (or [B, P, H]) and pooled_output [B, H].
+
+        Raises:
+            ValueError: the input is longer than max_position_embeddings, or output_positions is
+                combined with output_all_encoded_layers.
         """
+        if output_positions is not None and output_all_encoded_layers:
+            raise ValueError("output_positions leaves the last layer partial; it cannot be combined "
+                             "with output_all_encoded_layers")
         if input_ids.shape[1] > self.config.max_position_embeddings:
             raise ValueError(f"sequence length {input_ids.shape[1]} exceeds max_position_embeddings "
                              f"{self.config.max_position_embeddings}; truncate inputs to fit")
@@ -254,9 +281,14 @@ class BertModel(BertPreTrainedModel):
             # Like the original: add -10000 to the scores of padding keys. A finite bias (not -inf)
             # keeps an all-padding row finite, as in TF, and it fits bf16/fp16. [B, 1, 1, T]
             mask_bias = (1.0 - attention_mask[:, None, None, :].to(x.dtype)) * -10000.0
-        layers = self.encoder(x, mask_bias)
-        return BertOutput(sequence_output=layers[-1], pooled_output=self.pooler(layers[-1]),
-                          all_encoder_layers=layers if output_all_encoded_layers else None)
+        if output_positions is None:
+            layers = self.encoder(x, mask_bias)
+            return BertOutput(sequence_output=layers[-1], pooled_output=self.pooler(layers[-1]),
+                              all_encoder_layers=layers if output_all_encoded_layers else None)
+        # Row 0 of the last layer is position 0 ([CLS]), for the pooler; then the wanted positions.
+        first = torch.zeros_like(output_positions[:, :1])
+        last = self.encoder(x, mask_bias, torch.cat([first, output_positions], 1).long())[-1]
+        return BertOutput(sequence_output=last[:, 1:], pooled_output=self.pooler(last))
 
 
 class BertPredictionHeadTransform(nn.Module):
@@ -313,15 +345,20 @@ class BertForPreTraining(BertPreTrainedModel):
 
         Returns:
             PreTrainingOutput: masked_lm_log_probs [B * P, V], next_sentence_log_probs [B, 2], and
-            the losses (their sum in `loss`) when the labels are given.
+            the losses (their sum in `loss`) when the labels are given. In training with
+            masked_lm_positions, the last encoder layer runs only at [CLS] and those positions
+            (BertModel's output_positions: same losses and gradients, ~1/L less encoder work), so
+            `bert.sequence_output` is then [B, P, H]; in eval mode it is the full [B, T, H].
         """
-        bert = self.bert(input_ids, token_type_ids, attention_mask)
+        rows_only = self.training and masked_lm_positions is not None
+        bert = self.bert(input_ids, token_type_ids, attention_mask,
+                         output_positions=masked_lm_positions if rows_only else None)
         if masked_lm_positions is None:
             masked_lm_positions = torch.zeros(input_ids.shape[0], 0, dtype=torch.long, device=input_ids.device)
         b, p = masked_lm_positions.shape
         h = bert.sequence_output.shape[-1]
-        gathered = bert.sequence_output.gather(
-            1, masked_lm_positions.long()[:, :, None].expand(b, p, h)).reshape(b * p, h)
+        gathered = (bert.sequence_output if rows_only else bert.sequence_output.gather(
+            1, masked_lm_positions.long()[:, :, None].expand(b, p, h))).reshape(b * p, h)
         head = self.cls.predictions
         logits = F.linear(head.transform(gathered), self.bert.embeddings.word_embeddings.weight, head.bias)
         mlm_log_probs = F.log_softmax(logits.float(), dim=-1)

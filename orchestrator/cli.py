@@ -521,39 +521,65 @@ def serve(
     storage_root: Annotated[Optional[str], typer.Option(help="Jobs' output_dir must lie under this path/URL.")] = None,
     controller: Annotated[bool, typer.Option("--controller/--no-controller", help="Also run the controller "
                                              "(on a local or connected Ray cluster).")] = True,
+    address: Annotated[Optional[str], typer.Option(help="Ray cluster to join (default: RAY_ADDRESS; "
+                                                   "none: start a local one on 127.0.0.1).")] = None,
+    detach: Annotated[bool, typer.Option(help="Start the controller actor on the joined cluster and return; it "
+                                         "keeps running there (needs --address or RAY_ADDRESS).")] = False,
 ) -> None:
-    """Runs the HTTP API (token from BERTFLEET_TOKEN) and the job controller."""
+    """Runs the HTTP API (token from BERTFLEET_TOKEN) and the job controller: a detached, named Ray
+    actor on this node of the cluster, serving the API beside it (see orchestrator/service.py)."""
     import logging
     import os
+    import signal
     import threading
 
-    from orchestrator.api import create_app
-    from orchestrator.api import serve as serve_api
-    from orchestrator.store import Store
+    from orchestrator.store import Store, database_url
 
     token = os.environ.get("BERTFLEET_TOKEN", "")
     if len(token) < 16:
         _fail("set BERTFLEET_TOKEN to a secret of at least 16 characters, e.g. "
               "export BERTFLEET_TOKEN=$(python -c 'import secrets; print(secrets.token_urlsafe(32))')")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", datefmt="%H:%M:%S")
-    store = Store(db)
     if not controller:
-        serve_api(create_app(store, token, storage_root=storage_root), host, port)
-        return
-    from cluster.local import local_ray
-    from orchestrator.controller import Controller, RayLauncher, ray_nodes
+        from orchestrator.api import create_app
+        from orchestrator.api import serve as serve_api
 
-    with local_ray():
-        loop = Controller(store, RayLauncher(), ray_nodes)
+        serve_api(create_app(Store(db), token, storage_root=storage_root), host, port)
+        return
+    import contextlib
+
+    from cluster.local import ensure_auth_token, fleet_home, local_ray, write_token_file
+    from orchestrator.service import ServiceConfig, start_service, stop_service
+
+    address = address or os.environ.get("RAY_ADDRESS")
+    if detach and not address:
+        _fail("--detach needs a cluster to leave the controller on: pass --address (or set RAY_ADDRESS)")
+    token_file = fleet_home() / "api_token"
+    write_token_file(token_file)  # the actor reads it from there: actor arguments are no place for secrets
+    with contextlib.ExitStack() as stack:
+        if address:
+            ensure_auth_token()
+            import ray
+
+            ray.init(address=address, log_to_driver=False, configure_logging=False)
+            stack.callback(ray.shutdown)  # disconnects; the cluster is not ours to stop
+        else:
+            stack.enter_context(local_ray())
+        actor = start_service(ServiceConfig(db=database_url(db), token_file=str(token_file), host=host, port=port,
+                                            storage_root=storage_root))
+        import ray
+
+        where = ray.get(actor.ping.remote())
+        typer.echo(f"controller running (pid {where['pid']}); API and dashboard on {where['api']}")
+        if detach:
+            return
         stop = threading.Event()
-        thread = threading.Thread(target=loop.run_forever, kwargs={"stop": stop}, name="controller", daemon=True)
-        thread.start()
+        signal.signal(signal.SIGTERM, lambda *_: stop.set())
         try:
-            serve_api(create_app(store, token, controller=loop, storage_root=storage_root), host, port)
-        finally:
-            stop.set()
-            loop.wake()
-            thread.join(timeout=30)
+            stop.wait()
+        except KeyboardInterrupt:
+            pass
+        stop_service()
 
 
 @app.command()

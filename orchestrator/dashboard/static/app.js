@@ -46,7 +46,8 @@
     if (value === null || value === undefined) return "–";
     if (Math.abs(value) >= 1000) return Math.round(value).toLocaleString("en-US");
     if (value !== 0 && Math.abs(value) < 1e-3) return Number(value).toExponential(2);
-    return Number(value).toPrecision(digits || 4).replace(/\.?0+$/, "");
+    const text = Number(value).toPrecision(digits || 4);
+    return text.includes(".") ? text.replace(/\.?0+$/, "") : text;  // 100.4 to 3 digits is "100", not "1"
   }
   function fmtTime(iso) {
     if (!iso) return "–";
@@ -229,7 +230,8 @@
       summary.textContent = alive.length + " node(s) alive, " + (data.nodes.length - alive.length) + " dead; accelerators " + used + " used / " + total;
       body.replaceChildren(...data.nodes.map((n) => el("tr", { class: n.alive ? "" : "dead", "data-node": n.name },
         el("td", { text: n.name }), el("td", {}, el("span", { class: n.alive ? "state state-running" : "state state-failed", text: n.alive ? "alive" : "dead" })),
-        el("td", { text: n.accelerator_type || "cpu" }), el("td", { text: fmtNum(n.cpus) }),
+        // a GPU node without an accelerator_type label (e.g. simulated) is a GPU node of unknown type, not "cpu"
+        el("td", { text: n.accelerator_type || (n.accelerators.length ? n.accelerators[0].resource : "cpu") }), el("td", { text: fmtNum(n.cpus) }),
         el("td", {}, n.accelerators.length ? n.accelerators.map((a) => el("div", { text: a.resource + ": " + (a.used === null ? "?" : fmtNum(a.used)) + " / " + fmtNum(a.total) })) : "–"),
         el("td", { text: n.free ? Object.entries(n.free).filter(([k]) => ["CPU", "GPU", "TPU-host"].includes(k)).map(([k, v]) => k + " " + fmtNum(v)).join(", ") : "?" }),
         el("td", {}, n.jobs.length ? n.jobs.map((j) => el("div", {}, el("a", { href: "#/job/" + encodeURIComponent(j.id), text: j.name }), " × " + j.workers)) : el("span", { class: "muted", text: "free" })))));
