@@ -8,107 +8,34 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
-import time
-from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
+from live_fleet import TERMINAL, running_fleet, write_tiny_config
+from live_fleet import pretrain_spec as _spec
+from live_fleet import step_of as _step
+from live_fleet import wait_for_job as _wait
 
 from jobs.checkpoint import CheckpointStore
-from jobs.spec import parse_spec
-from models.config import BertConfig
 
 pytest.importorskip("ray.train", reason="Ray Train runs the multi-worker jobs (pip install 'ray[train]')")
 
-TERMINAL = ("SUCCEEDED", "FAILED", "CANCELLED")
 pytestmark = pytest.mark.timeout(900)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
 def fleet(tmp_path_factory):
     """Head + two simulated GPU nodes (2 fake GPUs, 2 CPUs each), the controller actor and its API."""
-    from cluster.local import SimulatedCluster, write_token_file
-    from orchestrator.client import HttpClient
-    from orchestrator.service import ServiceConfig, start_service, stop_service
-
-    home = tmp_path_factory.mktemp("fleet")
-    cluster = SimulatedCluster(head_cpus=1, fast_failure_detection=True)
-    try:
-        for _ in range(2):
-            cluster.add_gpu_node(gpus=2, cpus=2)
-        cluster.connect()
-        write_token_file(home / "token")
-        port = _free_port()
-        actor = start_service(ServiceConfig(db=str(home / "jobs.db"), token_file=str(home / "token"), port=port,
-                                            interval_s=0.5, ray_storage=str(home / "ray")))
-        client = HttpClient(f"http://127.0.0.1:{port}", (home / "token").read_text())
-        yield cluster, client, actor
-        stop_service()
-    finally:
-        cluster.shutdown()
+    with running_fleet(tmp_path_factory.mktemp("fleet")) as live:
+        yield live.cluster, live.client, live.actor
 
 
 @pytest.fixture(scope="module")
 def config_file(tmp_path_factory):
-    path = tmp_path_factory.mktemp("config") / "bert_config.json"
-    BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=37,
-               max_position_embeddings=128, hidden_dropout_prob=0.0,
-               attention_probs_dropout_prob=0.0).to_google_json(path)
-    return str(path)
-
-
-def _spec(config_file: str, shared: Path, output_dir: Path, steps: int, gpus: int = 2, num_hosts: int = 1,
-          save_every: int = 5, name: str | None = None):
-    return parse_spec({
-        "kind": "pretrain", "name": name,
-        "model": {"bert_config_file": config_file, "vocab_file": str(shared / "data/uncased_vocab.txt")},
-        "data": {"train_file": str(shared / "fixtures/sample_text_wwm*.tfrecord"), "shuffle_buffer": 16},
-        "training": {"train_batch_size": 8, "num_train_steps": steps, "num_warmup_steps": 2, "learning_rate": 1e-3,
-                     "log_every_steps": 1, "do_eval": False},
-        "output": {"output_dir": str(output_dir), "save_checkpoints_steps": save_every, "export_hf": False},
-        "resources": {"accelerator": "gpu", "backend": "ddp", "num_hosts": num_hosts,
-                      "devices_per_host": gpus // num_hosts, "cpus_per_worker": 1, "max_failures": 1},
-        "logging": {"wandb": False},
-    })
-
-
-def _get(client, job_id: str) -> dict[str, Any]:
-    """The job, retrying while the API is away (a controller restart)."""
-    from orchestrator.client import ClientError
-
-    for _ in range(240):
-        try:
-            return client.get(job_id)
-        except ClientError:
-            time.sleep(0.5)
-    raise AssertionError("the API did not come back within 2 minutes")
-
-
-def _wait(client, job_id: str, until: Callable[[dict[str, Any]], bool], timeout_s: float = 300) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        job = _get(client, job_id)
-        if until(job):
-            return job
-        if job["state"] in TERMINAL:
-            raise AssertionError(f"job {job_id} ended {job['state']} ({job.get('last_error')}) before the "
-                                 f"awaited condition; events: {client.events(job_id)}")
-        time.sleep(0.3)
-    raise AssertionError(f"job {job_id} timed out waiting; it is {_get(client, job_id)}")
-
-
-def _step(job: dict[str, Any]) -> int:
-    return (job.get("progress") or {}).get("step") or 0
+    return write_tiny_config(tmp_path_factory.mktemp("config") / "bert_config.json")
 
 
 def _started(events: list[dict[str, Any]]) -> list[datetime]:

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import time
 import urllib.request
@@ -16,15 +15,10 @@ from pathlib import Path
 import psutil
 import pytest
 import yaml
+from live_fleet import free_port
 
 pytest.importorskip("ray.train", reason="Ray Train runs the jobs (pip install 'ray[train]')")
 pytestmark = pytest.mark.timeout(600)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def bertfleet(*args: str, env: dict[str, str], timeout: float = 240) -> subprocess.CompletedProcess:
@@ -60,7 +54,7 @@ def spec_file(tmp_path: Path, shared: Path) -> Path:
 
 
 def test_up_runs_a_job_and_down_stops_only_what_up_started(env, spec_file: Path, tmp_path: Path):
-    port = _free_port()
+    port = free_port()
     started = bertfleet("up", "--nodes", "1", "--gpus-per-node", "2", "--port", str(port),
                         "--db", str(tmp_path / "jobs.db"), "--json", env=env)
     assert started.returncode == 0, started.stdout + started.stderr
@@ -109,7 +103,7 @@ def test_serve_joins_a_running_ray_head_and_leaves_the_controller_there(env, tmp
     cluster = SimulatedCluster(head_cpus=1)
     try:
         cluster.add_gpu_node(gpus=2, cpus=1)
-        port = _free_port()
+        port = free_port()
         token = "serve-test-token-0123456789abcdef"
         served = bertfleet("serve", "--address", cluster.address, "--port", str(port), "--db",
                            str(tmp_path / "jobs.db"), "--detach", env=env | {"BERTFLEET_TOKEN": token})
