@@ -63,6 +63,8 @@ class DataSpec(_Section):
     max_predictions_per_seq: int = Field(20, gt=0)
     masked_lm_prob: float = Field(0.15, gt=0.0, lt=1.0)
     dynamic_masking: bool = False
+    dynamic_padding: bool = Field(True, description="classify/squad: cut each batch to its longest sequence "
+                                  "(rounded up to 8) instead of max_seq_length; off on XLA (static shapes)")
     shuffle_buffer: int = Field(1000, ge=0)
     doc_stride: int = Field(128, gt=0)
     max_query_length: int = Field(64, gt=0)

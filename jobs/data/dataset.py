@@ -268,10 +268,15 @@ class ArrayLoader:
         repeat: endless epochs (training) or one pass.
         drop_last: drop a last partial step.
         rank, world_size: this worker and the number of workers.
+        trim_by: the name of a 0/1 mask array [N, T]: every array of width T is cut to the batch's
+            longest masked-in length, rounded up to `trim_multiple` (dynamic padding; the trailing
+            positions cut are padding in every row, so the model's outputs for real tokens do not
+            change). None keeps max_seq_length (static shapes, e.g. for XLA).
     """
 
     def __init__(self, arrays: dict[str, np.ndarray], batch_size: int, seed: int = 0, shuffle: bool = True,
-                 repeat: bool = True, drop_last: bool = True, rank: int = 0, world_size: int = 1):
+                 repeat: bool = True, drop_last: bool = True, rank: int = 0, world_size: int = 1,
+                 trim_by: str | None = None, trim_multiple: int = 8):
         sizes = {len(a) for a in arrays.values()}
         if len(sizes) != 1:
             raise ValueError(f"arrays of different lengths: { {k: len(a) for k, a in arrays.items()} }")
@@ -287,6 +292,8 @@ class ArrayLoader:
         self.shuffle = shuffle
         self.repeat = repeat
         self.drop_last = drop_last
+        self.trim_by = trim_by
+        self.trim_multiple = trim_multiple
         self._cursor = StreamCursor()
 
     def __len__(self) -> int:
@@ -305,11 +312,22 @@ class ArrayLoader:
                     break
                 self._cursor = StreamCursor(epoch, start + len(index))
                 mine = index[self.rank::self.world_size]
-                yield {name: torch.from_numpy(array[mine]) for name, array in self.arrays.items()}
+                yield self._batch(mine)
             if not self.repeat:
                 return
             epoch, offset = epoch + 1, 0
             self._cursor = StreamCursor(epoch, 0)
+
+    def _batch(self, index: np.ndarray) -> dict[str, torch.Tensor]:
+        batch = {name: array[index] for name, array in self.arrays.items()}
+        if self.trim_by is not None:
+            mask = batch[self.trim_by]
+            width = mask.shape[1]
+            longest = int(mask.any(axis=0).nonzero()[0].max(initial=0)) + 1
+            keep = min(width, -(-longest // self.trim_multiple) * self.trim_multiple)
+            batch = {name: array[:, :keep] if array.ndim == 2 and array.shape[1] == width else array
+                     for name, array in batch.items()}
+        return {name: torch.from_numpy(np.ascontiguousarray(array)) for name, array in batch.items()}
 
     def state_dict(self) -> dict[str, int]:
         return dataclasses.asdict(self._cursor)

@@ -150,3 +150,9 @@ def export_model(spec: JobSpec, model: BertPreTrainedModel, tokenizer: FullToken
 def _count_lines(path: str) -> int:
     with fsspec.open(path, "r", encoding="utf-8") as f:
         return sum(1 for _ in f)
+
+
+def dynamic_padding_mask(spec: JobSpec) -> str | None:
+    """The mask array fine-tuning batches are cut by (ArrayLoader's trim_by), or None: dynamic padding
+    is off in the spec, or the backend compiles per shape (XLA wants max_seq_length every step)."""
+    return "input_mask" if spec.data.dynamic_padding and spec.resources.backend != "xla" else None

@@ -32,6 +32,7 @@ from jobs.spec import JobSpec, SpecError, TableSpec
 from jobs.tasks.base import (
     build_model,
     build_tokenizer,
+    dynamic_padding_mask,
     export_model,
     resolve_config,
     seed_everything,
@@ -102,12 +103,13 @@ def step_fn(model: BertForSequenceClassification, batch: dict[str, torch.Tensor]
     return model(*_inputs(batch), labels=batch["label_ids"]).loss, {}
 
 
-def predict(model: BertForSequenceClassification, arrays: dict[str, np.ndarray], batch_size: int) -> np.ndarray:
-    """Logits [N, C] (or [N] for regression) over all examples, in order."""
+def predict(model: BertForSequenceClassification, arrays: dict[str, np.ndarray], batch_size: int,
+            trim_by: str | None = None) -> np.ndarray:
+    """Logits [N, C] (or [N] for regression) over all examples, in order (trim_by: see ArrayLoader)."""
     outputs = []
     on = next(model.parameters()).device
     with torch.no_grad():
-        for batch in ArrayLoader(arrays, batch_size, shuffle=False, repeat=False, drop_last=False):
+        for batch in ArrayLoader(arrays, batch_size, shuffle=False, repeat=False, drop_last=False, trim_by=trim_by):
             batch = {k: v.to(on) for k, v in batch.items()}
             outputs.append(model(*_inputs(batch)).logits.float().cpu())
     return torch.cat(outputs).numpy()
@@ -145,16 +147,17 @@ def run(spec: JobSpec, should_stop: Callable[[], bool] | None = None, backend: L
                                           task.is_regression)
 
     dev = arrays("dev") if "dev" in splits else None
+    trim = dynamic_padding_mask(spec)
 
     def eval_fn(m, step: int) -> dict[str, float]:
         assert dev is not None
-        return eval_metrics(task, predict(m, dev, training.eval_batch_size), dev["label_ids"], step)
+        return eval_metrics(task, predict(m, dev, training.eval_batch_size, trim), dev["label_ids"], step)
 
     metrics: dict = {}
     if training.do_train:
         train = arrays("train")
         loader = ArrayLoader(train, spec.batch[0], seed=training.seed, rank=backend.rank,
-                             world_size=backend.world_size)
+                             world_size=backend.world_size, trim_by=trim)
         num_steps = training.num_train_steps or int(len(splits["train"]) / training.train_batch_size
                                                     * training.num_train_epochs)
         warmup = training.num_warmup_steps if training.num_warmup_steps is not None else \
@@ -176,7 +179,7 @@ def run(spec: JobSpec, should_stop: Callable[[], bool] | None = None, backend: L
             if metrics:
                 write_eval_results(spec.output.output_dir, metrics)
             if "test" in splits:
-                logits = predict(full, arrays("test"), training.predict_batch_size)
+                logits = predict(full, arrays("test"), training.predict_batch_size, trim)
                 probabilities = (logits[:, None] if task.is_regression
                                  else torch.softmax(torch.from_numpy(logits), -1).numpy())
                 write_test_results(spec.output.output_dir, probabilities)

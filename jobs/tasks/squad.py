@@ -38,6 +38,7 @@ from jobs.spec import JobSpec, SpecError
 from jobs.tasks.base import (
     build_model,
     build_tokenizer,
+    dynamic_padding_mask,
     export_model,
     resolve_config,
     seed_everything,
@@ -151,8 +152,10 @@ def run(spec: JobSpec, should_stop: Callable[[], bool] | None = None, backend: L
                                                     data.max_query_length, is_training=True)
             arrays = features_to_arrays(features)
             arrays.pop("unique_ids")
+            # training only: prediction keeps max_seq_length, since the original's n-best search
+            # ranks every position's logit, padding included
             loader = ArrayLoader(arrays, spec.batch[0], seed=training.seed, rank=backend.rank,
-                                 world_size=backend.world_size)
+                                 world_size=backend.world_size, trim_by=dynamic_padding_mask(spec))
             num_steps = training.num_train_steps or int(len(features) / training.train_batch_size
                                                         * training.num_train_epochs)
             warmup = training.num_warmup_steps if training.num_warmup_steps is not None else \

@@ -9,8 +9,15 @@ import numpy as np
 import pytest
 import torch
 
-from jobs.data.dataset import (DynamicMasker, PretrainingBatches, RecordStream, ResumableLoader, StreamCursor,
-                               pretraining_features)
+from jobs.data.dataset import (
+    ArrayLoader,
+    DynamicMasker,
+    PretrainingBatches,
+    RecordStream,
+    ResumableLoader,
+    StreamCursor,
+    pretraining_features,
+)
 from jobs.data.pretraining import PretrainingDataConfig
 from jobs.data.tfrecord import write_examples
 from models.tokenization import FullTokenizer
@@ -139,3 +146,16 @@ def test_bad_arguments(files, tmp_path):
         PretrainingBatches(RecordStream(files), 4, rank=2, world_size=2)
     with pytest.raises(FileNotFoundError):
         RecordStream(str(tmp_path / "none-*.tfrecord"))
+
+
+def test_array_loader_cuts_batches_to_their_longest_sequence_rounded_to_8():
+    lengths = np.array([3, 17, 5, 9, 30, 2])
+    mask = (np.arange(32)[None, :] < lengths[:, None]).astype(np.int64)
+    arrays = {"input_ids": mask * 7, "input_mask": mask, "segment_ids": np.zeros_like(mask),
+              "label_ids": np.arange(6)}
+    loader = ArrayLoader(arrays, 2, shuffle=False, repeat=False, trim_by="input_mask")
+    widths = [(batch["input_ids"].shape[1], batch["input_mask"].sum(1).tolist(), batch["label_ids"].shape)
+              for batch in loader]
+    assert widths == [(24, [3, 17], (2,)), (16, [5, 9], (2,)), (32, [30, 2], (2,))]  # nothing real is cut
+    static = next(iter(ArrayLoader(arrays, 2, shuffle=False, repeat=False)))
+    assert static["input_ids"].shape == (2, 32)

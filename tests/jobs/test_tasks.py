@@ -183,3 +183,17 @@ def test_two_phase_pretraining_128_then_512(shared, tmp_path):
 
     start = load_pretrained(tmp_path / "phase1/export", head="pretraining")
     assert start.bert.embeddings.position_embeddings.weight.shape == (512, 32)
+
+
+def test_dynamic_padding_changes_the_cost_not_the_result(tiny_config, shared, tmp_path):
+    """Batches cut to their longest sequence train and evaluate to what max_seq_length padding gives
+    (float rounding aside): the positions cut are padding, masked out of attention in every row."""
+    common = {"bert_config_file": tiny_config, "vocab_file": str(shared / "data/uncased_vocab.txt")}
+    data = {"task_name": "sst-2", "train_file": str(shared / "data/sst2_train.tsv"), "layout": "sst2",
+            "eval_file": str(shared / "data/sst2_dev.tsv"), "max_eval_examples": 64, "max_seq_length": 128}
+    training = {"train_batch_size": 8, "num_train_steps": 4, "eval_batch_size": 32}
+    results = [run_job(_spec("classify", tmp_path / str(dynamic), model=common, data=data | {"dynamic_padding": dynamic},
+                             training=training, resources={"backend": "local"})) for dynamic in (False, True)]
+    static, dynamic = results
+    assert dynamic["eval_loss"] == pytest.approx(static["eval_loss"], abs=1e-5)
+    assert dynamic["eval_accuracy"] == static["eval_accuracy"]
