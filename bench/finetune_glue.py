@@ -2,8 +2,9 @@
 
 Both sides fine-tune the same weights on the same examples with the same hyper-parameters (AdamW,
 eps 1e-6, lr 5e-5, 10% linear warmup then linear decay, weight decay 0.01 without LayerNorm/bias,
-clip 1.0, batch 32 with the last partial batch dropped, eval batch 64, inputs padded to
-max_seq_length, seed 12345, fp32), and neither writes a model at the end (peer: save_strategy "no";
+clip 1.0, batch 32 with the last partial batch dropped, eval batch 64, seed 12345, fp32). Each
+side pads as it does by default: the peer to max_seq_length (run_glue's pad_to_max_length), ours
+to each batch's longest sequence (data.dynamic_padding), and neither writes a model at the end (peer: save_strategy "no";
 ours: export_hf false; our trainer's final checkpoint cannot be turned off and is counted).
 
 - MRPC: msr_paraphrase_train.txt, a seeded 10% held out as dev (`split_holdout`, the job's own
