@@ -105,14 +105,22 @@ def step_fn(model: BertForSequenceClassification, batch: dict[str, torch.Tensor]
 
 def predict(model: BertForSequenceClassification, arrays: dict[str, np.ndarray], batch_size: int,
             trim_by: str | None = None) -> np.ndarray:
-    """Logits [N, C] (or [N] for regression) over all examples, in order (trim_by: see ArrayLoader)."""
+    """Logits [N, C] (or [N] for regression) over all examples, in order (trim_by: see ArrayLoader).
+
+    With trim_by, examples are batched shortest first (and the logits put back in order), so each
+    batch is cut to lengths close to its own: each example's logits are the same either way."""
+    order = np.argsort(arrays[trim_by].sum(axis=1), kind="stable") if trim_by else np.arange(len(arrays["input_ids"]))
     outputs = []
     on = next(model.parameters()).device
-    with torch.no_grad():
-        for batch in ArrayLoader(arrays, batch_size, shuffle=False, repeat=False, drop_last=False, trim_by=trim_by):
+    with torch.inference_mode():
+        for batch in ArrayLoader({k: v[order] for k, v in arrays.items()}, batch_size, shuffle=False, repeat=False,
+                                 drop_last=False, trim_by=trim_by):
             batch = {k: v.to(on) for k, v in batch.items()}
             outputs.append(model(*_inputs(batch)).logits.float().cpu())
-    return torch.cat(outputs).numpy()
+    logits = torch.cat(outputs).numpy()
+    out = np.empty_like(logits)
+    out[order] = logits
+    return out
 
 
 def eval_metrics(task: TaskSpec, logits: np.ndarray, labels: np.ndarray, global_step: int) -> dict[str, float]:
