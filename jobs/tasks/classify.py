@@ -112,7 +112,7 @@ def predict(model: BertForSequenceClassification, arrays: dict[str, np.ndarray],
     order = np.argsort(arrays[trim_by].sum(axis=1), kind="stable") if trim_by else np.arange(len(arrays["input_ids"]))
     outputs = []
     on = next(model.parameters()).device
-    with torch.inference_mode():
+    with torch.no_grad():  # not inference_mode: XLA cannot take inference tensors
         for batch in ArrayLoader({k: v[order] for k, v in arrays.items()}, batch_size, shuffle=False, repeat=False,
                                  drop_last=False, trim_by=trim_by):
             batch = {k: v.to(on) for k, v in batch.items()}
