@@ -139,6 +139,29 @@ def any_rank_on_host(flag: bool) -> bool:
     return bool(value.item() > 0)
 
 
+class ProcessGroupCollectives:
+    """barrier / sum / any_rank over torch.distributed's default group, for the backends whose
+    workers form one (DDP, DeepSpeed); mixed in before LocalBackend."""
+
+    device: torch.device
+    world_size: int
+
+    def barrier(self) -> None:
+        import torch.distributed as dist
+
+        dist.barrier()
+
+    def sum(self, value: torch.Tensor) -> torch.Tensor:
+        import torch.distributed as dist
+
+        value = value.detach().clone().to(self.device)
+        dist.all_reduce(value)
+        return value
+
+    def any_rank(self, flag: bool) -> bool:
+        return flag if self.world_size == 1 else any_rank_on_host(flag)
+
+
 def make_backend(name: str, spec: Any = None) -> LocalBackend:
     """The backend a spec names, imported only when used (each wraps one optional library).
 

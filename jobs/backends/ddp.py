@@ -10,10 +10,10 @@ import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from jobs.backends import LocalBackend, any_rank_on_host
+from jobs.backends import LocalBackend, ProcessGroupCollectives
 
 
-class DDPBackend(LocalBackend):
+class DDPBackend(ProcessGroupCollectives, LocalBackend):
     name = "ddp"
 
     def __init__(self, device: torch.device | None = None):
@@ -39,13 +39,3 @@ class DDPBackend(LocalBackend):
         # Gradients are all-reduced once per optimizer step, on the last micro-batch.
         return contextlib.nullcontext() if is_last or self.ddp is None else self.ddp.no_sync()
 
-    def barrier(self) -> None:
-        dist.barrier()
-
-    def sum(self, value: torch.Tensor) -> torch.Tensor:
-        value = value.detach().clone().to(self.device)
-        dist.all_reduce(value)
-        return value
-
-    def any_rank(self, flag: bool) -> bool:
-        return flag if self.world_size == 1 else any_rank_on_host(flag)

@@ -66,7 +66,7 @@ import torch.distributed as dist
 from fsspec.implementations.local import LocalFileSystem
 from torch import nn
 
-from jobs.backends import LocalBackend, any_rank_on_host
+from jobs.backends import LocalBackend, ProcessGroupCollectives
 from jobs.spec import JobSpec, SpecError
 
 log = logging.getLogger("bertfleet")
@@ -155,7 +155,7 @@ def ineffective_settings(spec: JobSpec) -> list[str]:
     return found
 
 
-class DeepSpeedBackend(LocalBackend):
+class DeepSpeedBackend(ProcessGroupCollectives, LocalBackend):
     """A DeepSpeed engine around the trainer's model, optimizer and schedule.
 
     Args:
@@ -393,16 +393,6 @@ class DeepSpeedBackend(LocalBackend):
 
     # ---- collectives --------------------------------------------------------------------------
 
-    def barrier(self) -> None:
-        dist.barrier()
-
-    def sum(self, value: torch.Tensor) -> torch.Tensor:
-        value = value.detach().clone().to(self.device)
-        dist.all_reduce(value)
-        return value
-
-    def any_rank(self, flag: bool) -> bool:
-        return flag if self.world_size == 1 else any_rank_on_host(flag)
 
     def shutdown(self) -> None:
         """Releases the engine (hooks, ZeRO buffers); the process group stays with Ray Train."""
