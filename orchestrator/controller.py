@@ -342,8 +342,23 @@ def ray_nodes() -> list[Node]:
     """The alive nodes of the Ray cluster this process is connected to, with their total resources."""
     import ray
 
-    return [Node(n.get("NodeManagerAddress", n["NodeID"]) + f"/{n['NodeID'][:8]}", dict(n["Resources"]))
-            for n in ray.nodes() if n.get("Alive")]
+    return [Node(_node_name(n), dict(n["Resources"])) for n in ray.nodes() if n.get("Alive")]
+
+
+def _node_name(node: dict[str, Any]) -> str:
+    """How the controller names a Ray node (an entry of ray.nodes()): address/short id."""
+    return f"{node.get('NodeManagerAddress', node['NodeID'])}/{node['NodeID'][:8]}"
+
+
+def ray_node_ids(names: Sequence[str]) -> list[str]:
+    """The Ray node id behind each name `ray_nodes` gave; a name whose node is gone raises ValueError."""
+    import ray
+
+    ids = {_node_name(n): n["NodeID"] for n in ray.nodes() if n.get("Alive")}
+    gone = sorted(set(names) - set(ids))
+    if gone:
+        raise ValueError(f"node {', '.join(gone)} left the cluster before the run started")
+    return [ids[name] for name in names]
 
 
 class RunDriver:
@@ -364,7 +379,7 @@ class RunDriver:
         from orchestrator.launch import run_on_ray
 
         try:
-            run_on_ray(spec_from_json(spec_json), storage_path)
+            run_on_ray(spec_from_json(spec_json), storage_path, node_ids=ray_node_ids(self.node_names))
             self._outcome = ("succeeded", None)
         except BaseException as err:  # noqa: BLE001 - whatever the run raised is its outcome
             self._outcome = ("failed", _ANSI.sub("", f"{type(err).__name__}: {err}"))

@@ -93,8 +93,11 @@ def _worker_main(config: dict[str, Any]) -> None:
     ray.train.report({k: v for k, v in metrics.items() if isinstance(v, (int, float, str))})
 
 
-def run_on_ray(spec: JobSpec, storage_path: str | None = None) -> dict[str, Any]:
+def run_on_ray(spec: JobSpec, storage_path: str | None = None, node_ids: list[str] | None = None) -> dict[str, Any]:
     """Runs `spec` on a Ray Train worker group of spec.resources.num_workers workers.
+
+    Args:
+        node_ids: the Ray node of each worker (the controller's booking), or None to let Ray place them.
 
     Returns:
         The main worker's final metrics.
@@ -126,7 +129,11 @@ def run_on_ray(spec: JobSpec, storage_path: str | None = None) -> dict[str, Any]
         train_loop_config={"spec": spec.to_json()},
         # a TPU worker holds its whole host: no two on one host
         scaling_config=ScalingConfig(num_workers=resources.num_workers, use_gpu=use_gpu, resources_per_worker=bundle,
-                                     placement_strategy="STRICT_SPREAD" if resources.accelerator == "tpu" else "PACK"),
+                                     placement_strategy="STRICT_SPREAD" if resources.accelerator == "tpu" else "PACK",
+                                     # each worker where the controller booked it, so its books (and its
+                                     # node-death checks) are about the nodes the workers really run on
+                                     label_selector=[{"ray.io/node-id": node_id} for node_id in node_ids]
+                                     if node_ids else None),
         torch_config=PreemptionAwareTorchConfig(backend=process_group),
         run_config=RunConfig(name=spec.name or f"bertfleet-{spec.kind}",
                              storage_path=storage_path or tempfile.mkdtemp(prefix="bertfleet-ray-"),

@@ -91,6 +91,8 @@ def test_a_node_killed_three_times_under_a_job_preempts_and_resumes_it_bitwise(f
         hosts = _train_worker_nodes()
         victims = [node for node in cluster.nodes if cluster.node_id(node) in hosts]
         assert len(victims) == 1, f"the job's 2 workers should share one node, found {hosts}"
+        booked = [e["reason"] for e in client.events(job_id) if e["to_state"] == "SCHEDULED"][-1]
+        assert booked.endswith("/" + cluster.node_id(victims[0])[:8]), (booked, hosts)  # where it was booked
         cluster.kill_node(victims[0])
         cluster.add_gpu_node(gpus=2, cpus=2)  # capacity comes back (a new spot VM)
         _wait(client, job_id, lambda job, kill=kill: job["num_preemptions"] >= kill, timeout_s=120)
