@@ -136,6 +136,99 @@ def test_gradient_checkpointing_gives_the_same_gradients():
         torch.testing.assert_close(param.grad, plain[name], msg=name)
 
 
+def _pretraining_args(positions: torch.Tensor) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(1)
+    return dict(_inputs(), masked_lm_positions=positions,
+                masked_lm_ids=torch.randint(0, V, positions.shape, generator=g),
+                masked_lm_weights=(torch.rand(positions.shape, generator=g) > 0.3).float(),
+                next_sentence_labels=torch.randint(0, 2, (B,), generator=g))
+
+
+def _loss_and_grads(model: BertForPreTraining, args: dict[str, torch.Tensor]):
+    model.zero_grad()
+    out = model(**args)
+    out.loss.backward()
+    return out, {n: p.grad.clone() for n, p in model.named_parameters()}
+
+
+@pytest.mark.parametrize("checkpointing", [False, True])
+def test_last_layer_at_masked_positions_only_gives_the_same_losses_and_gradients(checkpointing):
+    # Training runs the last layer only at [CLS] and the masked positions; eval runs it everywhere.
+    # Without dropout the two must agree. Positions repeat, include 0 and fall on padding too.
+    torch.manual_seed(0)
+    # A wide initialisation makes attention far from uniform, so a wrong row or key would show.
+    config = BertConfig(**{**CONFIG.__dict__, "hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0,
+                           "initializer_range": 0.5})
+    model = BertForPreTraining(config)
+    model.set_gradient_checkpointing(checkpointing)
+    positions = torch.cat([torch.randint(0, T, (B, 4)), torch.zeros(B, 1, dtype=torch.long)], 1)
+    args = _pretraining_args(positions)
+    short, short_grads = _loss_and_grads(model.train(), args)
+    full, full_grads = _loss_and_grads(model.eval(), args)
+    assert short.bert.sequence_output.shape == (B, 5, 32) and full.bert.sequence_output.shape == (B, T, 32)
+    close = dict(atol=1e-5, rtol=1e-5)
+    for name in ("loss", "masked_lm_loss", "next_sentence_loss", "masked_lm_log_probs", "next_sentence_log_probs"):
+        torch.testing.assert_close(getattr(short, name), getattr(full, name), **close, msg=name)
+    for name, grad in full_grads.items():
+        torch.testing.assert_close(short_grads[name], grad, **close, msg=name)
+
+
+def test_bert_model_output_positions_are_rows_of_the_full_output():
+    model = BertModel(CONFIG).eval()
+    positions = torch.randint(0, T, (B, 3))
+    full = model(**_inputs())
+    rows = model(**_inputs(), output_positions=positions)
+    torch.testing.assert_close(rows.sequence_output, full.sequence_output[torch.arange(B)[:, None], positions])
+    torch.testing.assert_close(rows.pooled_output, full.pooled_output)
+    with pytest.raises(ValueError, match="output_all_encoded_layers"):
+        model(**_inputs(), output_positions=positions, output_all_encoded_layers=True)
+
+
+def test_cpu_dropout_path_matches_the_plain_model_when_nothing_is_dropped():
+    # p = 1e-9 takes the CPU dropout path (hand-written attention, cheaper masks) while dropping
+    # nothing with this seed: training must then give exactly what eval gives.
+    torch.manual_seed(0)
+    config = BertConfig(**{**CONFIG.__dict__, "hidden_dropout_prob": 1e-9, "attention_probs_dropout_prob": 1e-9,
+                           "initializer_range": 0.5})
+    model = BertForPreTraining(config)
+    args = _pretraining_args(torch.randint(0, T, (B, 3)))
+    train, train_grads = _loss_and_grads(model.train(), args)
+    plain, plain_grads = _loss_and_grads(model.eval(), args)
+    torch.testing.assert_close(train.loss, plain.loss, atol=1e-5, rtol=1e-5)
+    for name, grad in plain_grads.items():
+        torch.testing.assert_close(train_grads[name], grad, atol=1e-5, rtol=1e-5, msg=name)
+
+
+def test_gradient_checkpointing_replays_the_cpu_dropout_masks():
+    torch.manual_seed(0)
+    model = BertForPreTraining(CONFIG).train()
+    args = _pretraining_args(torch.randint(0, T, (B, 3)))
+    torch.manual_seed(5)
+    plain, plain_grads = _loss_and_grads(model, args)
+    model.set_gradient_checkpointing(True)
+    torch.manual_seed(5)
+    recomputed, recomputed_grads = _loss_and_grads(model, args)
+    torch.testing.assert_close(recomputed.loss, plain.loss)
+    for name, grad in plain_grads.items():
+        torch.testing.assert_close(recomputed_grads[name], grad, msg=name)
+
+
+def test_cpu_dropout_keeps_each_value_with_probability_1_minus_p():
+    from models.bert import _dropout
+
+    x, residual = torch.rand(1_000_000) + 1.0, torch.randn(1_000_000)
+    torch.manual_seed(0)
+    y = _dropout(x, 0.1, True)
+    kept = y != 0
+    assert abs(kept.double().mean().item() - 0.9) < 0.002  # 7 standard deviations
+    torch.testing.assert_close(y[kept], x[kept] / 0.9)
+    torch.manual_seed(0)  # same generator state, same mask; the residual rides along
+    torch.testing.assert_close(_dropout(x, 0.1, True, residual), y + residual)
+    assert abs((_dropout(x, 0.5, True) != 0).double().mean().item() - 0.5) < 0.002
+    assert torch.equal(_dropout(x, 1.0, True), torch.zeros_like(x))
+    assert torch.equal(_dropout(x, 0.1, False, residual), x + residual)
+
+
 def test_dropout_is_active_only_in_training():
     model = BertModel(CONFIG)
     inputs = _inputs()
