@@ -35,7 +35,7 @@ from datetime import datetime
 from typing import Any, Literal, Protocol
 
 from orchestrator import outputs
-from orchestrator.queue import Gang, Node, book, gang_of, next_schedulable, release
+from orchestrator.queue import Gang, Node, book, gang_of, next_schedulable, release, unschedulable_reason
 from orchestrator.state import (
     Decision,
     IllegalTransition,
@@ -127,6 +127,7 @@ class Controller:
     read_metrics: bool = True
     node_loss_grace_s: float = 45.0
     _runs: dict[str, _Run] = field(default_factory=dict, init=False)
+    _waiting: dict[str, str] = field(default_factory=dict, init=False)  # job id -> why it cannot fit, as noted
     _reconciled: bool = field(default=False, init=False)
     _wake: threading.Event = field(default_factory=threading.Event, init=False)
 
@@ -272,6 +273,21 @@ class Controller:
                 release(nodes, gang, placement)
                 continue
             self._runs[job.id] = _Run(handle, gang, node_names)
+        self._note_unschedulable(candidates)
+
+    def _note_unschedulable(self, queued: list[Job]) -> None:
+        """Tells (once, as an event) each queued job that cannot fit even the empty cluster why it waits:
+        it stays queued, since nodes may join, but its owner should not have to guess."""
+        nodes = self._nodes()
+        for job in queued:
+            reason = unschedulable_reason(job, nodes)
+            if reason is not None and self._waiting.get(job.id) != reason:
+                self.store.note(job.id, f"waiting for capacity: {reason}")
+                log.info("job %s waits: %s", job.id, reason)
+            if reason is None:
+                self._waiting.pop(job.id, None)
+            else:
+                self._waiting[job.id] = reason
 
     def _nodes(self) -> Sequence[Node]:
         return self.nodes() if callable(self.nodes) else self.nodes

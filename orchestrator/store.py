@@ -364,6 +364,13 @@ class Store:
             session.flush()
             return _snapshot(row)
 
+    def note(self, job_id: str, reason: str) -> None:
+        """Records an event that changes nothing (from and to the job's current state), e.g. why it waits."""
+        with self._transaction() as session:
+            row = self._row(session, job_id, lock=True)
+            session.add(EventRow(job_seq=row.seq, time=self.clock(), from_state=row.state, to_state=row.state,
+                                 reason=reason))
+
     def apply(self, job_id: str, decision: Decision, expected: JobState | None = None) -> Job:
         """Executes a policy's Decision (see `transition`)."""
         return self.transition(job_id, decision.to_state, decision.reason, expected=expected,

@@ -117,6 +117,18 @@ def test_gangs_wait_for_each_other_by_priority(store: Store, launcher: FakeLaunc
     assert moves(controller.step())[-1] == (small.id, "SCHEDULED", "RUNNING")
 
 
+def test_a_job_too_big_for_the_whole_cluster_waits_and_says_why_once(store: Store, launcher: FakeLauncher):
+    nodes = list(NODES)
+    controller = Controller(store, launcher, nodes=lambda: nodes)
+    huge, _ = store.submit(gpu_spec(8, name="huge", num_hosts=4))  # 8 GPUs; the cluster has 4
+    assert controller.step() == [] and controller.step() == []
+    waits = [e for e in store.events(huge.id) if e.reason.startswith("waiting for capacity")]
+    assert len(waits) == 1 and (waits[0].from_state, waits[0].to_state) == (JobState.QUEUED, JobState.QUEUED)
+    assert "needs 8 workers" in waits[0].reason and "shrink resources or add nodes" in waits[0].reason
+    nodes += [Node(f"gpu-{i}", {"CPU": 8.0, "GPU": 2.0}) for i in (2, 3)]  # nodes join: the job runs
+    assert moves(controller.step())[-1] == (huge.id, "SCHEDULED", "RUNNING")
+
+
 def test_cancel_a_running_job_stops_its_run(store: Store, launcher: FakeLauncher, controller: Controller):
     job, _ = store.submit(gpu_spec(2))
     waiting, _ = store.submit(gpu_spec(4, num_hosts=2))
