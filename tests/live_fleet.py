@@ -16,8 +16,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from tiny_job import tiny_pretrain
+
 from jobs.spec import JobSpec, parse_spec
-from models.config import BertConfig
 
 TERMINAL = ("SUCCEEDED", "FAILED", "CANCELLED")
 
@@ -66,28 +67,14 @@ def running_fleet(home: Path, num_gpu_nodes: int = 2, gpus_per_node: int = 2, cp
         cluster.shutdown()
 
 
-def write_tiny_config(path: Path) -> str:
-    """A tiny BERT config (the real vocabulary, hidden 32, 2 layers) as Google's bert_config.json."""
-    BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=37,
-               max_position_embeddings=128, hidden_dropout_prob=0.0,
-               attention_probs_dropout_prob=0.0).to_google_json(path)
-    return str(path)
-
-
 def pretrain_spec(config_file: str, shared: Path, output_dir: Path, steps: int, gpus: int = 2, num_hosts: int = 1,
                   save_every: int = 5, name: str | None = None) -> JobSpec:
     """A DDP pretraining job on the shared sample TFRecords, logging every step."""
-    return parse_spec({
-        "kind": "pretrain", "name": name,
-        "model": {"bert_config_file": config_file, "vocab_file": str(shared / "data/uncased_vocab.txt")},
-        "data": {"train_file": str(shared / "fixtures/sample_text_wwm*.tfrecord"), "shuffle_buffer": 16},
-        "training": {"train_batch_size": 8, "num_train_steps": steps, "num_warmup_steps": 2, "learning_rate": 1e-3,
-                     "log_every_steps": 1, "do_eval": False},
-        "output": {"output_dir": str(output_dir), "save_checkpoints_steps": save_every, "export_hf": False},
-        "resources": {"accelerator": "gpu", "backend": "ddp", "num_hosts": num_hosts,
-                      "devices_per_host": gpus // num_hosts, "cpus_per_worker": 1, "max_failures": 1},
-        "logging": {"wandb": False},
-    })
+    return parse_spec(tiny_pretrain(
+        shared, config_file, output_dir, name=name, training={"num_train_steps": steps},
+        output={"save_checkpoints_steps": save_every},
+        resources={"accelerator": "gpu", "backend": "ddp", "num_hosts": num_hosts, "devices_per_host": gpus // num_hosts,
+                   "cpus_per_worker": 1, "max_failures": 1}))
 
 
 def get_job(client: Any, job_id: str, timeout_s: float = 120) -> dict[str, Any]:

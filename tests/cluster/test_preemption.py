@@ -18,6 +18,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 import torch
 import yaml
+from tiny_job import tiny_pretrain, write_tiny_config
 from typer.testing import CliRunner
 
 from cluster import preemption
@@ -26,7 +27,6 @@ from jobs.checkpoint import CheckpointStore
 from jobs.runner import run_job
 from jobs.spec import parse_spec
 from jobs.trainer import StopTraining
-from models.config import BertConfig
 
 
 class FakeMetadataServer(ThreadingHTTPServer):
@@ -46,7 +46,7 @@ class FakeMetadataServer(ThreadingHTTPServer):
 class _MetadataHandler(BaseHTTPRequestHandler):
     server: FakeMetadataServer
 
-    def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+    def do_GET(self) -> None:
         server = self.server
         server.requests.append(dict(self.headers))
         if self.headers.get("Metadata-Flavor") != "Google":
@@ -190,19 +190,10 @@ def _spec(shared, tmp_path, output_dir):
 
 
 def _raw_spec(shared, tmp_path, output_dir) -> dict:
-    config = tmp_path / "bert_config.json"
-    BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-               intermediate_size=37, max_position_embeddings=128).to_google_json(config)
-    return {
-        "kind": "pretrain",
-        "model": {"bert_config_file": str(config), "vocab_file": str(shared / "data/uncased_vocab.txt")},
-        "data": {"train_file": str(shared / "fixtures/sample_text_wwm*.tfrecord"), "shuffle_buffer": 16},
-        "training": {"train_batch_size": 8, "num_train_steps": STEPS, "num_warmup_steps": 2, "learning_rate": 1e-3,
-                     "log_every_steps": 1, "do_eval": False},
-        # No periodic checkpoint before the end: a checkpoint mid-run can only be the emergency one.
-        "output": {"output_dir": str(output_dir), "save_checkpoints_steps": 100, "export_hf": False},
-        "logging": {"wandb": False},
-    }
+    config = write_tiny_config(tmp_path / "bert_config.json")
+    # No periodic checkpoint before the end: a checkpoint mid-run can only be the emergency one.
+    return tiny_pretrain(shared, config, output_dir, training={"num_train_steps": STEPS},
+                         output={"save_checkpoints_steps": 100})
 
 
 def _logged_steps(output_dir) -> list[int]:

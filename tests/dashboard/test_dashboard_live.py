@@ -37,6 +37,7 @@ from live_fleet import (
     write_tiny_config,
 )
 from test_dashboard_browser import CHROMEDRIVER, CHROMIUM, login, rows, wait_for
+from tiny_job import write_tiny_config
 
 pytestmark = [
     pytest.mark.skipif(not (os.path.exists(CHROMIUM) and os.path.exists(CHROMEDRIVER)),

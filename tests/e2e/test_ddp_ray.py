@@ -14,11 +14,11 @@ import time
 import pytest
 import torch
 from ray_processes import train_worker_pids
+from tiny_job import tiny_pretrain, write_tiny_config
 
 from jobs.checkpoint import CheckpointStore
 from jobs.runner import run_job
 from jobs.spec import parse_spec
-from models.config import BertConfig
 
 ray = pytest.importorskip("ray")
 
@@ -35,24 +35,14 @@ def cluster():
 
 @pytest.fixture(scope="module")
 def config_file(tmp_path_factory):
-    path = tmp_path_factory.mktemp("config") / "bert_config.json"
-    BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=37,
-               max_position_embeddings=128, hidden_dropout_prob=0.0,
-               attention_probs_dropout_prob=0.0).to_google_json(path)
-    return str(path)
+    return write_tiny_config(tmp_path_factory.mktemp("config") / "bert_config.json", dropout=0.0)
 
 
 def _spec(config_file, shared, output_dir, workers, **training):
-    return parse_spec({
-        "kind": "pretrain",
-        "model": {"bert_config_file": config_file, "vocab_file": str(shared / "data/uncased_vocab.txt")},
-        "data": {"train_file": str(shared / "fixtures/sample_text_wwm*.tfrecord"), "shuffle_buffer": 16},
-        "training": {"train_batch_size": 8, "num_train_steps": STEPS, "num_warmup_steps": 2, "learning_rate": 1e-3,
-                     "log_every_steps": 1, "do_eval": False, **training},
-        "output": {"output_dir": str(output_dir), "save_checkpoints_steps": 8, "export_hf": False},
-        "resources": {"backend": "ddp" if workers > 1 else "local", "devices_per_host": workers, "max_failures": 2},
-        "logging": {"wandb": False},
-    })
+    return parse_spec(tiny_pretrain(
+        shared, config_file, output_dir, training={"num_train_steps": STEPS, **training},
+        output={"save_checkpoints_steps": 8},
+        resources={"backend": "ddp" if workers > 1 else "local", "devices_per_host": workers, "max_failures": 2}))
 
 
 def _losses(output_dir) -> dict[int, float]:

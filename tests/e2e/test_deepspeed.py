@@ -23,6 +23,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from tiny_job import write_tiny_config
 
 pytest.importorskip("deepspeed", reason="the deepspeed extra is not installed (pip install -e '.[deepspeed]')")
 pytest.importorskip("ray.train", reason="Ray Train runs the multi-worker jobs (pip install 'ray[train]')")
@@ -30,7 +31,6 @@ pytest.importorskip("ray.train", reason="Ray Train runs the multi-worker jobs (p
 from jobs.checkpoint import CheckpointStore
 from jobs.runner import run_job
 from jobs.spec import JobSpec, SpecError, parse_spec
-from models.config import BertConfig
 
 pytestmark = pytest.mark.timeout(900)
 
@@ -52,12 +52,6 @@ def cluster():
         # 4 logical CPUs on a 2-core machine: two workers (1 CPU each) plus Ray Train's own actors.
         with local_ray(num_cpus=4):
             yield
-
-
-def tiny_config(path: Path) -> Path:
-    BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-               intermediate_size=37, max_position_embeddings=128).to_google_json(path)
-    return path
 
 
 def make_spec(shared: Path, config: Path, output_dir: Path, backend: str = "deepspeed", zero_stage: int = 2,
@@ -101,7 +95,7 @@ class Runs:
 
     def __init__(self, base: Path, shared: Path):
         self.base = base
-        self.config = tiny_config(base / "bert_config.json")
+        self.config = write_tiny_config(base / "bert_config.json")
         self.shared = shared
         self.done: dict[str, Path] = {}
 
@@ -194,7 +188,7 @@ def _eval_results(output_dir: Path) -> dict[str, float]:
 def test_config_follows_the_spec(shared, tmp_path):
     from jobs.backends.deepspeed import deepspeed_config, ineffective_settings
 
-    spec = make_spec(shared, tiny_config(tmp_path / "c.json"), tmp_path, zero_stage=3, offload_optimizer=True,
+    spec = make_spec(shared, write_tiny_config(tmp_path / "c.json"), tmp_path, zero_stage=3, offload_optimizer=True,
                      offload_parameters=True, overlap_comm=False,
                      config_override={"zero_optimization": {"stage3_max_live_parameters": 10**6},
                                       "fp16": {"initial_scale_power": 12}})

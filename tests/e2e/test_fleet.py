@@ -14,10 +14,11 @@ from typing import Any
 
 import pytest
 import torch
-from live_fleet import TERMINAL, running_fleet, write_tiny_config
+from live_fleet import TERMINAL, running_fleet
 from live_fleet import pretrain_spec as _spec
 from live_fleet import step_of as _step
 from live_fleet import wait_for_job as _wait
+from tiny_job import write_tiny_config
 
 from jobs.checkpoint import CheckpointStore
 

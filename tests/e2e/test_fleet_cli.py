@@ -16,6 +16,7 @@ import psutil
 import pytest
 import yaml
 from live_fleet import free_port
+from tiny_job import tiny_pretrain, write_tiny_config
 
 pytest.importorskip("ray.train", reason="Ray Train runs the jobs (pip install 'ray[train]')")
 pytestmark = pytest.mark.timeout(600)
@@ -34,20 +35,11 @@ def env(tmp_path: Path) -> dict[str, str]:
 
 @pytest.fixture()
 def spec_file(tmp_path: Path, shared: Path) -> Path:
-    from models.config import BertConfig
-
-    config = tmp_path / "bert_config.json"
-    BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=37,
-               max_position_embeddings=128).to_google_json(config)
-    spec = {"kind": "pretrain", "name": "tiny-on-up",
-            "model": {"bert_config_file": str(config), "vocab_file": str(shared / "data/uncased_vocab.txt")},
-            "data": {"train_file": str(shared / "fixtures/sample_text_wwm*.tfrecord")},
-            "training": {"train_batch_size": 8, "num_train_steps": 6, "num_warmup_steps": 1, "do_eval": False,
-                         "log_every_steps": 1},
-            "output": {"output_dir": str(tmp_path / "out"), "save_checkpoints_steps": 3, "export_hf": False},
-            "resources": {"accelerator": "gpu", "backend": "ddp", "devices_per_host": 2, "cpus_per_worker": 1,
-                          "max_failures": 0},
-            "logging": {"wandb": False}}
+    config = write_tiny_config(tmp_path / "bert_config.json")
+    spec = tiny_pretrain(shared, config, tmp_path / "out", name="tiny-on-up",
+                         training={"num_train_steps": 6, "num_warmup_steps": 1}, output={"save_checkpoints_steps": 3},
+                         resources={"accelerator": "gpu", "backend": "ddp", "devices_per_host": 2,
+                                    "cpus_per_worker": 1, "max_failures": 0})
     path = tmp_path / "spec.yaml"
     path.write_text(yaml.safe_dump(spec))
     return path

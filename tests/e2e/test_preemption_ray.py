@@ -14,10 +14,10 @@ import time
 import pytest
 import torch
 from ray_processes import train_worker_pids
+from tiny_job import tiny_pretrain, write_tiny_config
 
 from jobs.checkpoint import CheckpointStore
 from jobs.spec import parse_spec
-from models.config import BertConfig
 
 ray = pytest.importorskip("ray")
 
@@ -35,21 +35,12 @@ def cluster():
 
 
 def _spec(tmp_path, shared, output_dir):
-    config = tmp_path / "bert_config.json"
-    BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=37,
-               max_position_embeddings=128, hidden_dropout_prob=0.0,
-               attention_probs_dropout_prob=0.0).to_google_json(config)
-    return parse_spec({
-        "kind": "pretrain",
-        "model": {"bert_config_file": str(config), "vocab_file": str(shared / "data/uncased_vocab.txt")},
-        "data": {"train_file": str(shared / "fixtures/sample_text_wwm*.tfrecord"), "shuffle_buffer": 16},
-        "training": {"train_batch_size": 8, "num_train_steps": STEPS, "num_warmup_steps": 2, "learning_rate": 1e-3,
-                     "log_every_steps": 1, "do_eval": False},
-        "output": {"output_dir": str(output_dir), "save_checkpoints_steps": CHECKPOINT_EVERY, "export_hf": False},
+    config = write_tiny_config(tmp_path / "bert_config.json", dropout=0.0)
+    return parse_spec(tiny_pretrain(
+        shared, config, output_dir, training={"num_train_steps": STEPS},
+        output={"save_checkpoints_steps": CHECKPOINT_EVERY},
         # max_failures 0, as the controller launches jobs: the preemption reaches the caller at once.
-        "resources": {"backend": "ddp", "devices_per_host": 2, "max_failures": 0},
-        "logging": {"wandb": False},
-    })
+        resources={"backend": "ddp", "devices_per_host": 2, "max_failures": 0}))
 
 
 def _logged_steps(output_dir) -> list[int]:

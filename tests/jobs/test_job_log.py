@@ -13,12 +13,12 @@ import warnings
 
 import fsspec
 import pytest
+from tiny_job import tiny_pretrain, write_tiny_config
 
 from jobs.logging import LOG_FILE, JobLogHandler, job_log
 from jobs.runner import run_job
 from jobs.spec import parse_spec
 from jobs.trainer import StopTraining
-from models.config import BertConfig
 
 WANDB_KEY = "wandb-key-0123456789abcdef"  # the environment's secret: it must never reach the log
 
@@ -26,18 +26,9 @@ WANDB_KEY = "wandb-key-0123456789abcdef"  # the environment's secret: it must ne
 @pytest.fixture()
 def spec_dict(shared, tmp_path, monkeypatch: pytest.MonkeyPatch):
     monkeypatch.setenv("WANDB_API_KEY", WANDB_KEY)
-    config = tmp_path / "bert_config.json"
-    BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-               intermediate_size=37, max_position_embeddings=128).to_google_json(config)
-    return {
-        "kind": "pretrain",
-        "model": {"bert_config_file": str(config), "vocab_file": str(shared / "data/uncased_vocab.txt")},
-        "data": {"train_file": str(shared / "fixtures/sample_text_wwm*.tfrecord"), "shuffle_buffer": 16},
-        "training": {"train_batch_size": 8, "num_train_steps": 6, "num_warmup_steps": 1, "learning_rate": 1e-3,
-                     "log_every_steps": 2, "do_eval": False},
-        "output": {"output_dir": str(tmp_path / "run"), "save_checkpoints_steps": 4, "export_hf": False},
-        "logging": {"wandb": False},
-    }
+    config = write_tiny_config(tmp_path / "bert_config.json")
+    return tiny_pretrain(shared, config, tmp_path / "run",
+                         training={"num_train_steps": 6, "num_warmup_steps": 1, "log_every_steps": 2})
 
 
 def _run(spec_dict, output_dir: str, stop_at: int | None = None):

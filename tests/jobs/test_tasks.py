@@ -8,6 +8,7 @@ import json
 
 import numpy as np
 import pytest
+from tiny_job import write_tiny_config
 
 from jobs.runner import run_job
 from jobs.spec import SpecError, parse_spec
@@ -16,10 +17,7 @@ from models.config import BertConfig
 
 @pytest.fixture()
 def tiny_config(tmp_path):
-    path = tmp_path / "bert_config.json"
-    BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-               intermediate_size=37, max_position_embeddings=128).to_google_json(path)
-    return str(path)
+    return write_tiny_config(tmp_path / "bert_config.json")
 
 
 def _spec(kind, tmp_path, **sections):
@@ -160,8 +158,7 @@ def test_two_phase_pretraining_128_then_512(shared, tmp_path):
     from models.tokenization import FullTokenizer
 
     config = tmp_path / "bert_config.json"
-    BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-               intermediate_size=37, max_position_embeddings=512).to_google_json(config)
+    write_tiny_config(config, max_position_embeddings=512)
     vocab = str(shared / "data/uncased_vocab.txt")
     data_512 = tmp_path / "sample_512.tfrecord"
     create_pretraining_data([str(shared / "data/sample_text.txt")], [str(data_512)], FullTokenizer(vocab),

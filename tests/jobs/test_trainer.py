@@ -7,32 +7,23 @@ import json
 
 import pytest
 import torch
+from tiny_job import tiny_pretrain, write_tiny_config
+from wandb_records import run_history
 
 from jobs.checkpoint import CheckpointStore
 from jobs.runner import run_job
 from jobs.spec import parse_spec
 from jobs.trainer import StopTraining
-from models.config import BertConfig
-from wandb_records import run_history
 
 
 @pytest.fixture()
 def spec_dict(shared, tmp_path):
-    config = tmp_path / "bert_config.json"
-    BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-               intermediate_size=37, max_position_embeddings=128).to_google_json(config)
-    return {
-        "kind": "pretrain",
-        "model": {"bert_config_file": str(config), "vocab_file": str(shared / "data/uncased_vocab.txt")},
-        "data": {"train_file": str(shared / "fixtures/sample_text_wwm*.tfrecord"), "shuffle_buffer": 16,
-                 "eval_file": str(shared / "fixtures/sample_text_wwmTrue.tfrecord")},
-        "training": {"train_batch_size": 8, "gradient_accumulation_steps": 2, "num_train_steps": 12,
-                     "num_warmup_steps": 2, "learning_rate": 1e-3, "log_every_steps": 2, "eval_batch_size": 32,
-                     "do_eval": True},
-        "output": {"output_dir": str(tmp_path / "run"), "save_checkpoints_steps": 4, "keep_checkpoints": 2,
-                   "export_hf": False},
-        "logging": {"wandb": False},
-    }
+    config = write_tiny_config(tmp_path / "bert_config.json")
+    return tiny_pretrain(shared, config, tmp_path / "run",
+                         data={"eval_file": str(shared / "fixtures/sample_text_wwmTrue.tfrecord")},
+                         training={"gradient_accumulation_steps": 2, "num_train_steps": 12, "log_every_steps": 2,
+                                   "eval_batch_size": 32, "do_eval": True},
+                         output={"keep_checkpoints": 2})
 
 
 def _final_weights(output_dir) -> dict[str, torch.Tensor]:

@@ -18,6 +18,7 @@ import yaml
 from fastapi.testclient import TestClient
 from fleet_fixtures import FakeClock, make_spec, raw_spec
 from test_cli import TOKEN, api_server, bertfleet, runner  # noqa: F401 - api_server is a fixture
+from tiny_job import tiny_pretrain, write_tiny_config
 
 from jobs.logging import LOG_FILE, job_log
 from orchestrator import outputs
@@ -305,21 +306,14 @@ def test_a_failed_run_resumes_from_its_checkpoint_and_its_log_shows_both_attempt
         http_env: Store, shared: Path, tmp_path: Path):
     from jobs.runner import run_job
     from jobs.trainer import StopTraining
-    from models.config import BertConfig
 
     store = http_env
-    config = tmp_path / "bert_config.json"
-    BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-               intermediate_size=37, max_position_embeddings=128).to_google_json(config)
+    config = write_tiny_config(tmp_path / "bert_config.json")
     spec_file = tmp_path / "tiny.yaml"
-    spec_file.write_text(yaml.safe_dump({
-        "kind": "pretrain", "name": "tiny",
-        "model": {"bert_config_file": str(config), "vocab_file": str(shared / "data/uncased_vocab.txt")},
-        "data": {"train_file": str(shared / "fixtures/sample_text_wwm*.tfrecord"), "shuffle_buffer": 16},
-        "training": {"train_batch_size": 8, "num_train_steps": 6, "num_warmup_steps": 1, "log_every_steps": 2,
-                     "do_eval": False},
-        "output": {"output_dir": str(tmp_path / "run"), "save_checkpoints_steps": 4, "export_hf": False},
-        "resources": {"max_failures": 0}, "logging": {"wandb": False}}))
+    spec_file.write_text(yaml.safe_dump(tiny_pretrain(
+        shared, config, tmp_path / "run", name="tiny",
+        training={"num_train_steps": 6, "num_warmup_steps": 1, "log_every_steps": 2},
+        resources={"max_failures": 0})))
     job_id = json.loads(bertfleet("submit", str(spec_file), "--json"))["id"]
 
     def attempt(stop_after: int | None) -> None:

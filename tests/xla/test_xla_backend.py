@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from tiny_job import tiny_pretrain, write_tiny_config
 
 torch_xla = pytest.importorskip(
     "torch_xla", reason="torch-xla is not installed here; the XLA tests run in their own venv: bash .ci/xla")
@@ -51,24 +52,13 @@ def xla_runtime():
 
 
 def _config(path: Path, dropout: float = 0.0) -> str:
-    BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=37,
-               max_position_embeddings=128, hidden_dropout_prob=dropout,
-               attention_probs_dropout_prob=dropout).to_google_json(path)
-    return str(path)
+    return write_tiny_config(path, dropout=dropout)
 
 
 def _pretrain_spec(shared: Path, output_dir: Path, config: str, backend: str, **training):
-    return parse_spec({
-        "kind": "pretrain",
-        "model": {"bert_config_file": config, "vocab_file": str(shared / "data/uncased_vocab.txt")},
-        "data": {"train_file": str(shared / "fixtures/sample_text_wwm*.tfrecord"), "shuffle_buffer": 16},
-        "training": {"train_batch_size": 8, "gradient_accumulation_steps": 2, "num_train_steps": 10,
-                     "num_warmup_steps": 2, "learning_rate": 1e-3, "log_every_steps": 1, "do_eval": False,
-                     **training},
-        "output": {"output_dir": str(output_dir), "save_checkpoints_steps": 4, "export_hf": False},
-        "resources": {"backend": backend, "xla": {"pjrt_device": "CPU"}},
-        "logging": {"wandb": False},
-    })
+    return parse_spec(tiny_pretrain(shared, config, output_dir,
+                                    training={"gradient_accumulation_steps": 2, **training},
+                                    resources={"backend": backend, "xla": {"pjrt_device": "CPU"}}))
 
 
 def _losses(output_dir: Path) -> dict[int, float]:
