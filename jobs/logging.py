@@ -34,7 +34,8 @@ class MetricsLogger:
 
     Args:
         spec: the resolved job spec (its JSON becomes the W&B config).
-        output_dir: where metrics.jsonl (and W&B's offline files) go.
+        output_dir: where metrics.jsonl (appended; see AppendedFile for object stores) and W&B's
+            offline files go.
         run_id: W&B run id to continue (from a checkpoint), or None for a new run.
         enabled: False on ranks other than 0.
     """
@@ -45,10 +46,10 @@ class MetricsLogger:
         self._wandb_run = None
         self._skip_through = -1
         self.run_id = run_id
+        self._file: AppendedFile | None = None
         if not enabled:
             return
-        fs, path = fsspec.core.url_to_fs(self.output_dir)
-        fs.makedirs(path, exist_ok=True)
+        self._file = AppendedFile(f"{self.output_dir}/metrics.jsonl", max_bytes=METRICS_MAX_BYTES)
         if spec.logging.wandb:
             self._start_wandb(spec, run_id)
 
@@ -72,9 +73,8 @@ class MetricsLogger:
         if not self.enabled or step <= self._skip_through:
             return
         record = {"step": step, "time": time.time(), **metrics}
-        # Local files are appended; fsspec object stores have no append, see README "Not done".
-        with fsspec.open(f"{self.output_dir}/metrics.jsonl", "a") as f:
-            f.write(json.dumps(record) + "\n")
+        assert self._file is not None, "log() after finish()"
+        self._file.append((json.dumps(record) + "\n").encode())
         if self._wandb_run is not None:
             self._wandb_run.log(metrics, step=step)
 
@@ -95,7 +95,15 @@ class MetricsLogger:
             except (ValueError, KeyError, TypeError):
                 continue  # a line cut short by the interruption
 
+    def flush(self) -> None:
+        """Makes what was logged so far durable (object stores rewrite metrics.jsonl every few seconds)."""
+        if self._file is not None:
+            self._file.flush()
+
     def finish(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
         if self._wandb_run is not None:
             self._wandb_run.finish()
             self._wandb_run = None
@@ -106,6 +114,7 @@ class MetricsLogger:
 LOG_FILE = "job.log"  # in the output directory; what GET /jobs/{id}/logs and `bertfleet logs` read
 LOG_MAX_BYTES = 4 << 20  # object stores: the newest 4 MiB are kept (what the API's tail reads at most)
 LOG_FLUSH_EVERY_S = 5.0  # object stores: the whole object is rewritten at most this often
+METRICS_MAX_BYTES = 64 << 20  # object stores: metrics.jsonl keeps its newest 64 MiB (~300k records)
 # The loggers a job's own code logs to: "bertfleet" (trainer, runner, tasks) and the packages' __name__
 # loggers ("jobs.data.tfrecord" warns about corrupt records, for one).
 JOB_LOGGERS = ("bertfleet", "jobs", "models")
@@ -115,23 +124,114 @@ _SECRET_ENV_NAME = re.compile(r"(^|_)(API_?KEY|ACCESS_?KEY|KEY|SECRET|TOKEN|PASS
 _URL_PASSWORD = re.compile(r"([a-z][a-z0-9+.\-]*://[^/\s:@]+:)[^/\s@]+@", re.IGNORECASE)
 
 
+class AppendedFile:
+    """A file at any fsspec URL that this process appends to (one writer per file).
+
+    Local paths are appended to: each append is one write(2) to a file opened with O_APPEND, so a
+    reader sees it at once and several processes' appends interleave as whole records (on a local
+    disk; not guaranteed on NFS).
+
+    Object stores (gs://, s3://, memory://) have no append (gcsfs's "a" mode silently overwrites).
+    The content is kept in memory, loaded first from the object when it exists (a resumed job
+    appends to it), and the whole object rewritten at most every `flush_every_s` (from a background
+    thread, so a training step never waits on the network) and at close. With `max_bytes`, only the
+    newest bytes are kept: past it, the oldest half is dropped at once (not a line at a time, so the
+    object's bytes shift rarely and a follower's byte offset stays valid between drops).
+
+    Args:
+        url: the file (local path or fsspec URL); its directory is created.
+        max_bytes: object stores: the most kept (None: everything).
+        flush_every_s: object stores: the longest an append waits before the object is rewritten.
+    """
+
+    def __init__(self, url: str, max_bytes: int | None = None, flush_every_s: float = LOG_FLUSH_EVERY_S):
+        self.url = url
+        self.fs, self.path = fsspec.core.url_to_fs(url)
+        self.fs.makedirs(self.path.rsplit("/", 1)[0], exist_ok=True)
+        self.is_local = isinstance(self.fs, LocalFileSystem)
+        self.max_bytes = max_bytes
+        self._fd: int | None = None
+        self._buffer = bytearray()
+        self._dirty = False
+        self._lock = threading.Lock()  # the buffer
+        self._write_lock = threading.Lock()  # one rewrite at a time, so an older one never lands last
+        self._stop = threading.Event()
+        self._flusher: threading.Thread | None = None
+        self._flush_error_shown = False
+        if self.is_local:
+            self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+            self.had_content = os.fstat(self._fd).st_size > 0
+        else:
+            try:
+                self._buffer += self.fs.cat_file(self.path)
+            except FileNotFoundError:
+                pass
+            self.had_content = bool(self._buffer)
+            self._trim()
+            self._flusher = threading.Thread(target=self._flush_periodically, args=(flush_every_s,),
+                                             name=f"flush-{self.path.rsplit('/', 1)[-1]}", daemon=True)
+            self._flusher.start()
+
+    def append(self, data: bytes) -> None:
+        if self._fd is not None:
+            view = memoryview(data)
+            while view:  # os.write may write less than asked (it does not, for a regular file)
+                view = view[os.write(self._fd, view):]
+            return
+        with self._lock:
+            self._buffer += data
+            self._trim()
+            self._dirty = True
+
+    def _trim(self) -> None:
+        if self.max_bytes is None or len(self._buffer) <= self.max_bytes:
+            return
+        cut = self._buffer.find(b"\n", len(self._buffer) - self.max_bytes // 2)
+        del self._buffer[:cut + 1 if cut >= 0 else len(self._buffer) - self.max_bytes // 2]
+
+    def _flush_periodically(self, every_s: float) -> None:
+        while not self._stop.wait(every_s):
+            self.flush()
+
+    def flush(self) -> None:
+        """Object stores: rewrites the object if anything was appended since the last write."""
+        if self._fd is not None:
+            return
+        with self._write_lock:
+            with self._lock:
+                if not self._dirty:
+                    return
+                data, self._dirty = bytes(self._buffer), False
+            try:
+                with self.fs.open(self.path, "wb") as f:
+                    f.write(data)
+            except Exception as err:  # noqa: BLE001 - a thread boundary: keep the data, retry next time
+                with self._lock:
+                    self._dirty = True
+                if not self._flush_error_shown:
+                    self._flush_error_shown = True
+                    print(f"bertfleet: cannot write {self.url}: {err}; retrying", file=sys.stderr)
+
+    def close(self) -> None:
+        if self._flusher is not None:
+            self._stop.set()
+            self._flusher.join()
+            self._flusher = None
+        self.flush()
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+
 class JobLogHandler(logging.Handler):
-    """Writes a job's log records to `{output_dir}/job.log`, at any fsspec URL.
+    """Writes a job's log records to `{output_dir}/job.log`, at any fsspec URL (see AppendedFile).
 
     Rank 0 writes every record at INFO and above; the other ranks write only ERROR records, every line
     of them (tracebacks included) prefixed with `[rank N]`. Values of secret-named environment
     variables and URL passwords are masked in every line, as a last line of defence.
 
-    Local paths are appended to: each record is one write(2) to a file opened with O_APPEND, so a
-    reader sees it at once and the ranks' records interleave as whole records (on a local disk; not
-    guaranteed on NFS).
-
-    Object stores (gs://, s3://, memory://) have no append. The handler keeps the log in memory and
-    rewrites the whole object at most every `flush_every_s` (from a background thread, so a training
-    step never waits on the network) and at close. To keep that bounded, only the newest `max_bytes`
-    are kept: past it, the oldest half is dropped at once (not a line at a time, so the object's bytes
-    shift rarely and a follower's byte offset stays valid between drops). An object has one writer,
-    so on object stores ranks other than 0 write their errors to `job.rank-N.log` beside it.
+    Locally every rank appends to job.log. An object has one writer, so on object stores ranks other
+    than 0 write their errors to `job.rank-N.log` beside it, and each log keeps its newest `max_bytes`.
 
     Args:
         output_dir: the job's output directory (local path or fsspec URL).
@@ -149,33 +249,11 @@ class JobLogHandler(logging.Handler):
         self.setFormatter(formatter)
         self._secrets = sorted({v for k, v in os.environ.items() if _SECRET_ENV_NAME.search(k) and len(v) >= 6},
                                key=len, reverse=True)
-        self.fs, directory = fsspec.core.url_to_fs(output_dir.rstrip("/"))
-        self.fs.makedirs(directory, exist_ok=True)
-        self.is_local = isinstance(self.fs, LocalFileSystem)
-        name = LOG_FILE if rank == 0 or self.is_local else f"job.rank-{rank}.log"
-        self.path = f"{directory.rstrip('/')}/{name}"
-        self.url = f"{output_dir.rstrip('/')}/{name}"
-        self.max_bytes = max_bytes
-        self._fd: int | None = None
-        self._buffer = bytearray()
-        self._dirty = False
-        self._stop = threading.Event()
-        self._flusher: threading.Thread | None = None
-        self._flush_error_shown = False
-        self._write_lock = threading.Lock()  # one rewrite at a time, so an older one never lands last
-        if self.is_local:
-            self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-            self.had_lines = os.fstat(self._fd).st_size > 0
-        else:
-            try:
-                self._buffer += self.fs.cat_file(self.path)  # a resumed job's log, to append to
-            except FileNotFoundError:
-                pass
-            self.had_lines = bool(self._buffer)
-            self._trim()
-            self._flusher = threading.Thread(target=self._flush_periodically, args=(flush_every_s,),
-                                             name=f"job-log-flush-{rank}", daemon=True)
-            self._flusher.start()
+        output_dir = output_dir.rstrip("/")
+        is_local = isinstance(fsspec.core.url_to_fs(output_dir)[0], LocalFileSystem)
+        self.file = AppendedFile(f"{output_dir}/{LOG_FILE if rank == 0 or is_local else f'job.rank-{rank}.log'}",
+                                 max_bytes=max_bytes, flush_every_s=flush_every_s)
+        self.had_lines = self.file.had_content
 
     def format(self, record: logging.LogRecord) -> str:
         text = _URL_PASSWORD.sub(r"\1***@", super().format(record))
@@ -193,16 +271,7 @@ class JobLogHandler(logging.Handler):
 
     def write_line(self, text: str) -> None:
         """Writes `text` (one or more lines, no formatting) to the log."""
-        data = (text.rstrip("\n") + "\n").encode("utf-8", "replace")
-        with self.lock:  # type: ignore[union-attr]  # Handler.createLock made it
-            if self._fd is not None:
-                view = memoryview(data)
-                while view:  # os.write may write less than asked (it does not, for a regular file)
-                    view = view[os.write(self._fd, view):]
-            else:
-                self._buffer += data
-                self._trim()
-                self._dirty = True
+        self.file.append((text.rstrip("\n") + "\n").encode("utf-8", "replace"))
 
     def write_exception(self, message: str, err: BaseException) -> None:
         """Writes an ERROR record with `err`'s traceback to the job log only (not to the console,
@@ -224,44 +293,11 @@ class JobLogHandler(logging.Handler):
 
         return show
 
-    def _trim(self) -> None:
-        if len(self._buffer) <= self.max_bytes:
-            return
-        cut = self._buffer.find(b"\n", len(self._buffer) - self.max_bytes // 2)
-        del self._buffer[:cut + 1 if cut >= 0 else len(self._buffer) - self.max_bytes // 2]
-
-    def _flush_periodically(self, every_s: float) -> None:
-        while not self._stop.wait(every_s):
-            self.flush()
-
     def flush(self) -> None:
-        """Object stores: rewrites the object if records came since the last write."""
-        if self._fd is not None:
-            return
-        with self._write_lock:
-            with self.lock:  # type: ignore[union-attr]
-                if not self._dirty:
-                    return
-                data, self._dirty = bytes(self._buffer), False
-            try:
-                with self.fs.open(self.path, "wb") as f:
-                    f.write(data)
-            except Exception as err:  # noqa: BLE001 - a thread boundary: keep the records, retry next time
-                with self.lock:  # type: ignore[union-attr]
-                    self._dirty = True
-                if not self._flush_error_shown:
-                    self._flush_error_shown = True
-                    print(f"bertfleet: cannot write the job log {self.url}: {err}; retrying", file=sys.stderr)
+        self.file.flush()
 
     def close(self) -> None:
-        if self._flusher is not None:
-            self._stop.set()
-            self._flusher.join()
-            self._flusher = None
-        self.flush()
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
+        self.file.close()
         super().close()
 
 

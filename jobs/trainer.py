@@ -129,6 +129,7 @@ class Trainer:
             self.store.write(directory, state, self.spec.to_json())
             self.store.commit(directory, step)
             self.logger.log({"checkpoint/step": step}, step)
+            self.logger.flush()  # the metrics up to a committed checkpoint are never lost with it
         backend.barrier()
         return directory
 
@@ -162,6 +163,12 @@ class Trainer:
 
     def fit(self) -> TrainResult:
         """Trains from the current step (0, or a restored checkpoint's) to num_train_steps."""
+        try:
+            return self._fit()
+        finally:  # also when stopped or failed: what was logged reaches an object store's metrics.jsonl
+            self.logger.flush()
+
+    def _fit(self) -> TrainResult:
         training, backend = self.spec.training, self.backend
         accumulation = self.spec.batch[1]
         start = time.perf_counter()
