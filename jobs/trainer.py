@@ -178,8 +178,7 @@ class Trainer:
         self.model.train()
         batches = iter(self.loader)
         while self.global_step < self.num_train_steps:
-            step_batches = [{k: v.to(backend.device, non_blocking=True) for k, v in next(batches).items()}
-                            for _ in range(accumulation)]
+            step_batches = [backend.to_device(next(batches)) for _ in range(accumulation)]
             context = StepContext(step_batches, backend.world_size, backend.sum)
             for index, batch in enumerate(step_batches):
                 with backend.micro_step_context(index == accumulation - 1), self._autocast():

@@ -37,6 +37,10 @@ class LocalBackend:
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=precision == "fp16")
         return model
 
+    def to_device(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """A training batch on this backend's device (XLA SPMD also shards it over the devices)."""
+        return {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
+
     def micro_step_context(self, is_last: bool) -> contextlib.AbstractContextManager:
         """Wraps the forward/backward of one micro-batch (DDP skips the all-reduce unless last)."""
         return contextlib.nullcontext()

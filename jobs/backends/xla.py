@@ -7,9 +7,14 @@ Device. PJRT_DEVICE comes from resources.xla.pjrt_device unless the environment 
 (the environment wins, with a warning when they differ); torch_xla's own choice at import time is
 turned off (PJRT_SELECT_DEFAULT_DEVICE=0) so it cannot pass for the environment's. One process drives one XLA device and is
 one data-parallel replica: rank and world size are PJRT's global ordinal and world size (1 in a
-single process; one per process when several are started, e.g. by torch_xla's launcher). A host
-with several chips therefore needs one worker per chip; SPMD (one process sharding over all local
-chips, resources.xla.spmd) is not implemented here and warns.
+single process; one per process when several are started, e.g. by torch_xla's launcher).
+
+SPMD (resources.xla.spmd: the TPU-host layout, one worker driving every chip of its host). The
+process is one logical replica over a 1-D mesh of all its devices: each training batch is sharded
+along its batch dimension (`to_device`), the model and optimizer stay replicated, and XLA's SPMD
+partitioner inserts the gradient all-reduce; the loop, the losses and the checkpoints are those of
+one device (world size 1), so the micro-batch must divide by the device count. Multi-host SPMD
+(one mesh over every host of a pod slice) is not implemented: it raises.
 
 The step is one graph. torch-xla records ops lazily and compiles and runs them at a sync, so
 `optimizer_step` ends with `torch_xla.sync()` and nothing before it reads a value on the host:
@@ -105,16 +110,14 @@ def _warn_ineffective(spec: JobSpec) -> None:
         warnings.warn("training.precision fp16 on XLA: TPUs compute in bfloat16, not float16, and fp16 loss "
                       "scaling reads the found-inf flag on the host before every update (a sync per step); "
                       "use precision bf16", stacklevel=3)
-    if spec.resources.xla.spmd:
-        warnings.warn("resources.xla.spmd is not implemented by the xla backend: each process trains one "
-                      "replica on one device (data parallel over processes); drop spmd", stacklevel=3)
     if spec.model.gradient_checkpointing:
         warnings.warn("model.gradient_checkpointing saves no memory on XLA: the compiler merges "
                       "torch.utils.checkpoint's recomputation back into the forward pass", stacklevel=3)
 
 
 class XlaBackend(LocalBackend):
-    """One XLA device per process, data parallel over processes through PJRT.
+    """One XLA device per process, data parallel over processes through PJRT; or (spmd) one process
+    over all its host's devices.
 
     Args:
         spec: the resolved job spec (resources.xla, training.precision and training.seed are used).
@@ -128,12 +131,41 @@ class XlaBackend(LocalBackend):
         if settings.compile_cache_dir:
             _init_compile_cache(settings.compile_cache_dir, os.environ["PJRT_DEVICE"])
         _warn_ineffective(spec)
+        self.mesh = None
+        if settings.spmd:
+            xr.use_spmd()  # before the first device tensor: SPMD's one virtual device stands for them all
         super().__init__(torch_xla.device())
-        self.rank = xr.global_ordinal()
-        self.world_size = xr.world_size()
+        if settings.spmd:
+            import numpy as np
+            import torch_xla.distributed.spmd as xs
+
+            if xr.process_count() > 1:
+                raise RuntimeError(f"resources.xla.spmd over {xr.process_count()} hosts is not implemented "
+                                   "(one mesh per host only); use spmd: false, one worker per chip")
+            devices = xr.global_runtime_device_count()
+            micro = spec.batch[0]
+            if micro % devices:
+                raise ValueError(f"resources.xla.spmd: the micro-batch of {micro} does not divide over this host's "
+                                 f"{devices} XLA devices; make train_batch_size / gradient_accumulation_steps a "
+                                 f"multiple of {devices}")
+            self.mesh = xs.Mesh(np.arange(devices), (devices,), ("data",))
+            self.rank, self.world_size = 0, 1
+        else:
+            self.rank = xr.global_ordinal()
+            self.world_size = xr.world_size()
         self.seed = spec.training.seed
 
     # ---- wrapping and stepping ----------------------------------------------------------------
+
+    def to_device(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """SPMD: each tensor sharded along its batch dimension over the mesh's devices."""
+        batch = super().to_device(batch)
+        if self.mesh is not None:
+            import torch_xla.distributed.spmd as xs
+
+            for value in batch.values():
+                xs.mark_sharding(value, self.mesh, ("data",) + (None,) * (value.dim() - 1))
+        return batch
 
     def prepare(self, model: nn.Module, optimizer: torch.optim.Optimizer,
                 scheduler: torch.optim.lr_scheduler.LRScheduler, precision: str) -> nn.Module:

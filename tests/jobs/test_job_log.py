@@ -131,9 +131,11 @@ def test_warnings_reach_the_log_and_showwarning_is_put_back(tmp_path):
     before = warnings.showwarning
     with job_log(str(tmp_path)), warnings.catch_warnings():
         warnings.simplefilter("always")
-        warnings.warn("resources.xla.spmd is not implemented", UserWarning, stacklevel=1)
+        warnings.warn("resources.deepspeed.offload_parameters does nothing at zero_stage 2", UserWarning,
+                      stacklevel=1)
     assert warnings.showwarning is before
-    assert "WARNING resources.xla.spmd is not implemented (UserWarning at " in (tmp_path / LOG_FILE).read_text()
+    assert ("WARNING resources.deepspeed.offload_parameters does nothing at zero_stage 2 (UserWarning at "
+            in (tmp_path / LOG_FILE).read_text())
 
 
 def test_an_object_store_log_is_rewritten_periodically_and_stays_bounded():

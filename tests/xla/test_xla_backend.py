@@ -200,14 +200,13 @@ def test_settings_that_do_not_apply_warn(shared, tmp_path):
     config = _config(tmp_path / "bert_config.json")
     raw = json.loads(_pretrain_spec(shared, tmp_path, config, "xla").to_json())
     raw["training"]["precision"] = "fp16"
-    raw["resources"]["xla"]["spmd"] = True
     raw["model"]["gradient_checkpointing"] = True
     raw["resources"]["xla"]["compile_cache_dir"] = str(tmp_path / "cache")  # too late: runtime already compiled
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         XlaBackend(parse_spec(raw))
     messages = "\n".join(str(w.message) for w in caught)
-    for needle in ("precision fp16", "spmd is not implemented", "gradient_checkpointing saves no memory",
+    for needle in ("precision fp16", "gradient_checkpointing saves no memory",
                    "compile_cache_dir"):
         assert needle in messages, messages
     raw = json.loads(_pretrain_spec(shared, tmp_path, config, "xla").to_json())
@@ -246,3 +245,77 @@ def test_a_fresh_process_takes_device_and_compile_cache_from_the_spec(shared, tm
     # The CPU client writes serialized executables but cannot load them back (it warns so).
     assert "cannot load executables" in result.stdout
     assert any((tmp_path / "cache").iterdir()), "nothing was written to the persistent compile cache"
+
+
+_SPMD_SCRIPT = """
+import sys
+import torch, torch_xla
+from jobs.backends.xla import XlaBackend
+from jobs.runner import run_job
+from jobs.spec import spec_from_json
+from jobs.trainer import StopTraining
+
+spec = spec_from_json(open(sys.argv[1]).read())
+backend, stop_at, calls = XlaBackend(spec), int(sys.argv[2]), []
+try:
+    run_job(spec, backend=backend, should_stop=lambda: calls.append(1) or (0 < stop_at <= len(calls)))
+except StopTraining:
+    print("stopped")
+x = backend.to_device({"x": torch.zeros(4, 3)})["x"]
+print("devices", torch_xla.runtime.global_runtime_device_count(), "world", backend.world_size)
+print("sharding", torch_xla._XLAC._get_xla_sharding_spec(x))
+"""
+
+
+def _run_spmd(spec, stop_at: int = 0) -> str:
+    """run_job with resources.xla.spmd in a fresh process (SPMD is chosen before the first device
+    tensor, once per process) over 2 XLA CPU devices; returns its output."""
+    path = Path(spec.output.output_dir).with_suffix(".json")
+    path.write_text(spec.to_json())
+    env = os.environ | {"PJRT_DEVICE": "CPU", "CPU_NUM_DEVICES": "2"}
+    result = subprocess.run([sys.executable, "-c", _SPMD_SCRIPT, str(path), str(stop_at)], check=False,
+                            capture_output=True, text=True, timeout=300, cwd=Path(__file__).resolve().parents[2],
+                            env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result.stdout
+
+
+def test_spmd_shards_each_batch_over_the_hosts_devices_matches_eager_cpu_and_resumes_bitwise(shared, tmp_path):
+    """One process over 2 XLA CPU devices (a 2-chip TPU host): each batch is split in two along its
+    batch dimension, the gradients all-reduced by XLA's partitioner; the losses are eager CPU's on
+    the same global batch, and a run cut at step 5 resumes to the same bits."""
+    config = _config(tmp_path / "bert_config.json")
+
+    def spec(name: str, backend: str):
+        return _pretrain_spec(shared, tmp_path / name, config, backend, num_train_steps=8)
+
+    def spmd(name: str):
+        raw = json.loads(spec(name, "xla").to_json())
+        raw["resources"]["xla"]["spmd"] = True
+        return parse_spec(raw)
+
+    run_job(spec("cpu", "local"), backend=LocalBackend(torch.device("cpu")))
+    out = _run_spmd(spmd("full"))
+    assert "devices 2 world 1" in out, out
+    assert "devices=[2" in out, out  # the batch tensor is tiled over both devices
+    _assert_losses_match(_losses(tmp_path / "cpu"), _losses(tmp_path / "full"), 8)
+    assert "stopped" in _run_spmd(spmd("cut"), stop_at=5)
+    assert CheckpointStore(str(tmp_path / "cut")).latest() == 5
+    _run_spmd(spmd("cut"))
+    full, cut = _weights(tmp_path / "full"), _weights(tmp_path / "cut")
+    for name in full:
+        assert torch.equal(full[name], cut[name]), name
+    assert _losses(tmp_path / "full") == _losses(tmp_path / "cut")
+
+
+def test_spmd_refuses_a_micro_batch_that_does_not_divide_over_the_devices(shared, tmp_path):
+    raw = json.loads(_pretrain_spec(shared, tmp_path / "odd", _config(tmp_path / "c.json"), "xla").to_json())
+    raw["resources"]["xla"]["spmd"] = True
+    raw["training"].update(train_batch_size=6, gradient_accumulation_steps=2)  # micro-batch 3 over 2 devices
+    path = tmp_path / "odd.json"
+    path.write_text(json.dumps(raw))
+    result = subprocess.run([sys.executable, "-c", _SPMD_SCRIPT, str(path), "0"], check=False, capture_output=True,
+                            text=True, timeout=300, cwd=Path(__file__).resolve().parents[2],
+                            env=os.environ | {"PJRT_DEVICE": "CPU", "CPU_NUM_DEVICES": "2"})
+    assert result.returncode != 0
+    assert "micro-batch of 3 does not divide over this host's 2 XLA devices" in result.stderr, result.stderr[-2000:]
