@@ -34,7 +34,6 @@ from live_fleet import (
     running_fleet,
     step_of,
     wait_for_job,
-    write_tiny_config,
 )
 from test_dashboard_browser import CHROMEDRIVER, CHROMIUM, login, rows, wait_for
 from tiny_job import write_tiny_config
