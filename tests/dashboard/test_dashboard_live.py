@@ -299,8 +299,10 @@ def test_job_pages_of_the_finished_and_the_queued_job(live: Live, page: Any, scr
     shoot(page, screenshots, "job-succeeded.png")
 
     go(page, f"#/job/{live.ids[QUEUED]}")
-    wait_for(lambda: len(events_shown(page)) == 1 and "submitted with priority 0" in events_shown(page)[0],
-             timeout_s=30, what="the queued job's one event")
+    # Submitted, then the controller's one note that the whole cluster is too small for it.
+    wait_for(lambda: len(events_shown(page)) == 2, timeout_s=30, what="the queued job's two events")
+    submitted, waiting = events_shown(page)
+    assert "submitted with priority 0" in submitted and "waiting for capacity" in waiting, (submitted, waiting)
     shown = facts(page)
     assert (shown["step"], shown["checkpoint step"], shown["attempts"]) == ("–", "–", "0"), shown
     assert page.find_element("id", "log-tail").text == "(no log yet)"
