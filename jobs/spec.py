@@ -34,6 +34,9 @@ class ModelSpec(_Section):
     vocab_file: str | None = Field(None, description="WordPiece vocab; default: vocab.txt beside init_checkpoint")
     do_lower_case: bool = True
     gradient_checkpointing: bool = False
+    unpad_inputs: bool = Field(False, description="drop padding tokens before the encoder, so projections and "
+                               "feed-forward layers see real tokens only; attention runs varlen (FlashAttention "
+                               "through nested tensors) on GPU, on a padded copy on CPU; ignored on XLA")
     hidden_dropout_prob: float | None = Field(None, ge=0.0, lt=1.0)
     attention_probs_dropout_prob: float | None = Field(None, ge=0.0, lt=1.0)
 

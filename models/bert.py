@@ -53,6 +53,56 @@ def _dropout(x: Tensor, p: float, training: bool, residual: Tensor | None = None
 
 
 @dataclasses.dataclass
+class Packing:
+    """Unpadding: where a padded batch's real tokens sit once packed into one [N, ...] run.
+
+    With it the embeddings, every projection, the feed-forward layers and the LayerNorms see the
+    N real tokens only, not B * T; attention runs either as a varlen kernel over the packed run
+    (nested jagged tensors: FlashAttention's varlen path on GPU) or, on CPU where the jagged kernel
+    loops over sequences, on a padded copy of q/k/v made just for it.
+
+    Attributes:
+        keep: bool [B, T], the attention mask with position 0 always kept (an all-padding row
+            keeps its [CLS], so every sequence has a token for the pooler and the varlen kernel).
+        index: int [N] flat positions (b * T + t) of the kept tokens, sequence by sequence.
+        offsets: int [B + 1], cumulative lengths: sequence b is index[offsets[b]:offsets[b + 1]].
+        jagged: attention through the varlen kernel (else through a padded copy).
+    """
+
+    keep: Tensor
+    index: Tensor
+    offsets: Tensor
+    jagged: bool
+
+    @classmethod
+    def from_mask(cls, attention_mask: Tensor, jagged: bool) -> Packing:
+        keep = attention_mask.bool().clone()
+        keep[:, 0] = True
+        lengths = keep.sum(1)
+        return cls(keep, keep.reshape(-1).nonzero().squeeze(1), F.pad(lengths.cumsum(0), (1, 0)), jagged)
+
+    def pack(self, t: Tensor) -> Tensor:
+        """[B, T, ...] -> [N, ...], the kept tokens."""
+        return t.reshape(-1, *t.shape[2:]).index_select(0, self.index)
+
+    def unpack(self, t: Tensor) -> Tensor:
+        """[N, ...] -> [B, T, ...], zeros at padding."""
+        b, length = self.keep.shape
+        flat = t.new_zeros(b * length, *t.shape[1:]).index_copy(0, self.index, t)
+        return flat.view(b, length, *t.shape[1:])
+
+    def rows(self, x: Tensor, positions: Tensor) -> Tensor:
+        """Packed x [N, H] at int [B, R] positions -> [B, R, H] (the positions must be kept ones)."""
+        row_of = torch.zeros(self.keep.numel(), dtype=torch.long, device=x.device)
+        row_of[self.index] = torch.arange(self.index.numel(), device=x.device)
+        return x[row_of.view(self.keep.shape).gather(1, positions)]
+
+    def nested(self, t: Tensor) -> Tensor:
+        """[N, heads, D] -> a jagged nested tensor [B, heads, j, D] over the sequences."""
+        return torch.nested.nested_tensor_from_jagged(t, self.offsets).transpose(1, 2)
+
+
+@dataclasses.dataclass
 class BertOutput:
     """What BertModel returns.
 
@@ -97,9 +147,13 @@ class BertEmbeddings(nn.Module):
         self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
 
-    def forward(self, input_ids: Tensor, token_type_ids: Tensor) -> Tensor:
-        """int [B, T] ids and segment ids -> float [B, T, H]."""
-        positions = self.position_embeddings.weight[: input_ids.shape[1]]
+    def forward(self, input_ids: Tensor, token_type_ids: Tensor, packing: Packing | None = None) -> Tensor:
+        """int [B, T] ids and segment ids -> float [B, T, H] (packed: [N, H], real tokens only)."""
+        if packing is None:
+            positions = self.position_embeddings.weight[: input_ids.shape[1]]
+        else:
+            positions = self.position_embeddings(packing.index % input_ids.shape[1])
+            input_ids, token_type_ids = packing.pack(input_ids), packing.pack(token_type_ids)
         x = self.word_embeddings(input_ids) + self.token_type_embeddings(token_type_ids) + positions
         return _dropout(self.LayerNorm(x), self.dropout.p, self.training)
 
@@ -113,31 +167,42 @@ class BertSelfAttention(nn.Module):
         self.value = nn.Linear(config.hidden_size, config.hidden_size)
         self.dropout_prob = config.attention_probs_dropout_prob
 
-    def forward(self, x: Tensor, mask_bias: Tensor, rows: Tensor | None = None) -> Tensor:
+    def forward(self, x: Tensor, mask_bias: Tensor, rows: Tensor | None = None,
+                packing: Packing | None = None) -> Tensor:
         """float [B, T, H] and additive mask [B, 1, 1, T] -> context float [B, T, H].
 
         rows: float [B, R, H], when given, the only rows whose context is wanted (queries come
             from them; keys and values still from all of x): the context is then [B, R, H].
+        packing: x is packed, [N, H] (see Packing); the context is too, or [B, R, H] for rows.
         """
-        rows = x if rows is None else rows
-        b, h = x.shape[0], x.shape[2]
-
-        def heads(proj: nn.Linear, source: Tensor) -> Tensor:  # [B, T, H] -> [B, N, T, D]
-            return proj(source).view(b, source.shape[1], self.num_heads, h // self.num_heads).transpose(1, 2)
-
-        q, k, v = heads(self.query, rows), heads(self.key, x), heads(self.value, x)
+        h = x.shape[-1]
+        n, d = self.num_heads, h // self.num_heads
+        q, k, v = self.query(x if rows is None else rows), self.key(x), self.value(x)
         p = self.dropout_prob if self.training else 0.0
-        if p > 0.0 and x.device.type == "cpu":
+        if packing is not None and rows is None and packing.jagged:
+            q, k, v = (packing.nested(t.view(-1, n, d)) for t in (q, k, v))
+            context = F.scaled_dot_product_attention(q, k, v, dropout_p=p)
+            return context.transpose(1, 2).values().reshape(-1, h)
+        if packing is not None:
+            k, v = packing.unpack(k), packing.unpack(v)
+            q = packing.unpack(q) if rows is None else q
+        b = k.shape[0]
+        q, k, v = (t.view(b, t.shape[1], n, d).transpose(1, 2) for t in (q, k, v))  # [B, N, T, D]
+        context = self._attend(q, k, v, mask_bias, p).transpose(1, 2).reshape(b, q.shape[2], h)
+        return packing.pack(context) if packing is not None and rows is None else context
+
+    @staticmethod
+    def _attend(q: Tensor, k: Tensor, v: Tensor, mask_bias: Tensor | None, p: float) -> Tensor:
+        """Attention of [B, N, R, D] queries over [B, N, T, D] keys/values -> [B, N, R, D]."""
+        if p > 0.0 and q.device.type == "cpu":
             # SDPA has no fused CPU kernel with dropout and falls back to this same math; written
             # out, its dropout mask comes from _dropout's cheaper draws.
             scores = torch.matmul(q, k.transpose(-1, -2)).mul_(q.shape[-1] ** -0.5)
             if mask_bias is not None:
                 scores = scores.add_(mask_bias)
-            context = torch.matmul(_dropout(torch.softmax(scores, -1), p, True), v)
-        else:
-            # SDPA picks flash / memory-efficient kernels on GPU and a fused kernel on CPU.
-            context = F.scaled_dot_product_attention(q, k, v, attn_mask=mask_bias, dropout_p=p)
-        return context.transpose(1, 2).reshape(b, rows.shape[1], h)
+            return torch.matmul(_dropout(torch.softmax(scores, -1), p, True), v)
+        # SDPA picks flash / memory-efficient kernels on GPU and a fused kernel on CPU.
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask_bias, dropout_p=p)
 
 
 class BertDenseOutput(nn.Module):
@@ -159,9 +224,10 @@ class BertAttention(nn.Module):
         self.self = BertSelfAttention(config)
         self.output = BertDenseOutput(config, config.hidden_size)
 
-    def forward(self, x: Tensor, mask_bias: Tensor, rows: Tensor | None = None) -> Tensor:
+    def forward(self, x: Tensor, mask_bias: Tensor, rows: Tensor | None = None,
+                packing: Packing | None = None) -> Tensor:
         """As BertSelfAttention: [B, T, H] -> [B, T, H], or [B, R, H] for the given rows."""
-        return self.output(self.self(x, mask_bias, rows), x if rows is None else rows)
+        return self.output(self.self(x, mask_bias, rows, packing), x if rows is None else rows)
 
 
 class BertIntermediate(nn.Module):
@@ -181,10 +247,12 @@ class BertLayer(nn.Module):
         self.intermediate = BertIntermediate(config)
         self.output = BertDenseOutput(config, config.intermediate_size)
 
-    def forward(self, x: Tensor, mask_bias: Tensor, rows: Tensor | None = None) -> Tensor:
+    def forward(self, x: Tensor, mask_bias: Tensor, rows: Tensor | None = None,
+                packing: Packing | None = None) -> Tensor:
         """float [B, T, H] -> float [B, T, H]; given rows [B, R, H] (rows of x), only their
-        outputs [B, R, H]: every step after the key/value projections is row-wise."""
-        attended = self.attention(x, mask_bias, rows)
+        outputs [B, R, H]: every step after the key/value projections is row-wise. Packed x
+        [N, H] gives [N, H] (or [B, R, H] for rows)."""
+        attended = self.attention(x, mask_bias, rows, packing)
         return self.output(self.intermediate(attended), attended)
 
 
@@ -194,8 +262,9 @@ class BertEncoder(nn.Module):
         self.layer = nn.ModuleList(BertLayer(config) for _ in range(config.num_hidden_layers))
         self.gradient_checkpointing = False
 
-    def forward(self, x: Tensor, mask_bias: Tensor, last_layer_positions: Tensor | None = None) -> list[Tensor]:
-        """Returns every layer's output, L tensors of float [B, T, H].
+    def forward(self, x: Tensor, mask_bias: Tensor, last_layer_positions: Tensor | None = None,
+                packing: Packing | None = None) -> list[Tensor]:
+        """Returns every layer's output, L tensors of float [B, T, H] (packed x: [N, H]).
 
         last_layer_positions: int [B, R], when given, the last layer runs only at these positions
             (attending over all T) and its output is [B, R, H], the rows in this order.
@@ -204,12 +273,16 @@ class BertEncoder(nn.Module):
         for i, layer in enumerate(self.layer):
             rows = None
             if last_layer_positions is not None and i == len(self.layer) - 1:
-                rows = x.gather(1, last_layer_positions[:, :, None].expand(-1, -1, x.shape[-1]))
+                rows = (packing.rows(x, last_layer_positions) if packing is not None
+                        else x.gather(1, last_layer_positions[:, :, None].expand(-1, -1, x.shape[-1])))
             if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
+                if packing is not None and packing.jagged and not x.is_cuda:
+                    raise ValueError("gradient checkpointing cannot save the jagged attention's CPU fallback "
+                                     "(nested tensors); use set_unpadding(attention='padded') off GPU")
                 # Recompute this layer's activations in backward instead of storing them.
-                x = torch.utils.checkpoint.checkpoint(layer, x, mask_bias, rows, use_reentrant=False)
+                x = torch.utils.checkpoint.checkpoint(layer, x, mask_bias, rows, packing, use_reentrant=False)
             else:
-                x = layer(x, mask_bias, rows)
+                x = layer(x, mask_bias, rows, packing)
             outputs.append(x)
         return outputs
 
@@ -260,6 +333,22 @@ class BertPreTrainedModel(nn.Module):
             if isinstance(module, BertEncoder):
                 module.gradient_checkpointing = enabled
 
+    def set_unpadding(self, enabled: bool = True, attention: str = "auto") -> None:
+        """Drops padding tokens before the encoder (see Packing): the work follows real tokens,
+        not B * T. Real tokens' outputs are unchanged (to float rounding); padding positions of
+        sequence_output and all_encoder_layers become zeros (padded, they held values computed
+        from the padding tokens themselves, which nothing downstream reads).
+
+        attention: "jagged" (the varlen kernel of nested jagged tensors: FlashAttention on GPU),
+            "padded" (SDPA on a padded copy of q/k/v: faster on CPU, where the jagged kernel
+            loops over sequences), or "auto" (jagged on CUDA, padded elsewhere).
+        """
+        if attention not in ("auto", "jagged", "padded"):
+            raise ValueError(f"attention must be auto, jagged or padded, got {attention!r}")
+        for module in self.modules():
+            if isinstance(module, BertModel):
+                module.unpad_inputs, module.unpad_attention = enabled, attention
+
 
 class BertModel(BertPreTrainedModel):
     """The BERT encoder: embeddings, L Transformer layers, pooler."""
@@ -270,6 +359,7 @@ class BertModel(BertPreTrainedModel):
         self.embeddings = BertEmbeddings(config)
         self.encoder = BertEncoder(config)
         self.pooler = BertPooler(config)
+        self.unpad_inputs, self.unpad_attention = False, "auto"  # set_unpadding
         self.init_weights()
 
     def forward(self, input_ids: Tensor, token_type_ids: Tensor | None = None,
@@ -304,19 +394,27 @@ class BertModel(BertPreTrainedModel):
                              f"{self.config.max_position_embeddings}; truncate inputs to fit")
         if token_type_ids is None:
             token_type_ids = torch.zeros_like(input_ids)
-        x = self.embeddings(input_ids, token_type_ids)
+        packing = None
+        if self.unpad_inputs and attention_mask is not None:
+            jagged = self.unpad_attention == "jagged" or (self.unpad_attention == "auto" and input_ids.is_cuda)
+            packing = Packing.from_mask(attention_mask, jagged)
+            attention_mask = packing.keep
+        x = self.embeddings(input_ids, token_type_ids, packing)
         mask_bias = None
         if attention_mask is not None:
             # Like the original: add -10000 to the scores of padding keys. A finite bias (not -inf)
             # keeps an all-padding row finite, as in TF, and it fits bf16/fp16. [B, 1, 1, T]
             mask_bias = (1.0 - attention_mask[:, None, None, :].to(x.dtype)) * -10000.0
         if output_positions is None:
-            layers = self.encoder(x, mask_bias)
+            layers = self.encoder(x, mask_bias, packing=packing)
+            if packing is not None:
+                layers = [packing.unpack(layer) for layer in layers] if output_all_encoded_layers else \
+                    [packing.unpack(layers[-1])]
             return BertOutput(sequence_output=layers[-1], pooled_output=self.pooler(layers[-1]),
                               all_encoder_layers=layers if output_all_encoded_layers else None)
         # Row 0 of the last layer is position 0 ([CLS]), for the pooler; then the wanted positions.
         first = torch.zeros_like(output_positions[:, :1])
-        last = self.encoder(x, mask_bias, torch.cat([first, output_positions], 1).long())[-1]
+        last = self.encoder(x, mask_bias, torch.cat([first, output_positions], 1).long(), packing)[-1]
         return BertOutput(sequence_output=last[:, 1:], pooled_output=self.pooler(last))
 
 

@@ -110,6 +110,9 @@ def _warn_ineffective(spec: JobSpec) -> None:
         warnings.warn("training.precision fp16 on XLA: TPUs compute in bfloat16, not float16, and fp16 loss "
                       "scaling reads the found-inf flag on the host before every update (a sync per step); "
                       "use precision bf16", stacklevel=3)
+    if spec.model.unpad_inputs:
+        warnings.warn("model.unpad_inputs is ignored on XLA: a packed batch changes shape every step and "
+                      "each new shape compiles again", stacklevel=3)
     if spec.model.gradient_checkpointing:
         warnings.warn("model.gradient_checkpointing saves no memory on XLA: the compiler merges "
                       "torch.utils.checkpoint's recomputation back into the forward pass", stacklevel=3)

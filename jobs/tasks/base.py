@@ -119,6 +119,8 @@ def build_model(spec: JobSpec, config: BertConfig, head: str, num_labels: int = 
         model.config = config
     if spec.model.gradient_checkpointing:
         model.set_gradient_checkpointing(True)
+    if spec.model.unpad_inputs and spec.resources.backend != "xla":  # XLA wants static shapes
+        model.set_unpadding(True)
     return model.to(on or device())
 
 

@@ -121,6 +121,21 @@ def test_bf16_autocast_and_gradient_checkpointing(spec_dict, tmp_path):
     assert losses != plain  # bf16 really ran
 
 
+def test_unpadded_inputs_train_and_evaluate_like_padded_ones(spec_dict, tmp_path):
+    # The fixture records are padded to 128 with real lengths that vary: packing must change only speed.
+    spec_dict["model"].update(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    spec_dict["training"].update(num_train_steps=4, log_every_steps=1)
+    padded = _run(spec_dict, tmp_path / "padded")
+    spec_dict["model"]["unpad_inputs"] = True
+    unpadded = _run(spec_dict, tmp_path / "unpadded")
+    a, b = _final_weights(tmp_path / "padded"), _final_weights(tmp_path / "unpadded")
+    for name in a:
+        torch.testing.assert_close(b[name], a[name], atol=1e-6, rtol=1e-5, msg=name)
+    assert padded.keys() == unpadded.keys()
+    for key, value in padded.items():
+        assert unpadded[key] == pytest.approx(value, rel=1e-5, abs=1e-6), key
+
+
 def test_lamb_and_adamw_train(spec_dict, tmp_path):
     spec_dict["training"].update(num_train_steps=2, do_eval=False, log_every_steps=1)
     for name in ("lamb", "adamw"):

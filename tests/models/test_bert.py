@@ -238,6 +238,85 @@ def test_dropout_is_active_only_in_training():
     assert torch.equal(model(**inputs).sequence_output, model(**inputs).sequence_output)
 
 
+def _ragged_inputs(all_padding_row: bool = False) -> dict[str, torch.Tensor]:
+    """Sequences of lengths 1..T, padding tokens random ids; row 3 all padding if asked (eval
+    batches are filled up with such rows: their outputs mean nothing, padded or packed)."""
+    inputs = _inputs()
+    lengths = torch.arange(B) % T + 1
+    inputs["attention_mask"] = (torch.arange(T)[None] < lengths[:, None]).long()
+    if all_padding_row:
+        inputs["attention_mask"][3] = 0
+    return inputs
+
+
+@pytest.mark.parametrize("attention", ["padded", "jagged"])
+def test_unpadding_keeps_real_tokens_outputs_and_zeroes_padding(attention):
+    torch.manual_seed(0)
+    config = BertConfig(**{**CONFIG.__dict__, "initializer_range": 0.5})
+    model = BertModel(config).eval()
+    inputs = _ragged_inputs(all_padding_row=True)
+    with torch.no_grad():
+        padded = model(**inputs, output_all_encoded_layers=True)
+        model.set_unpadding(True, attention)
+        packed = model(**inputs, output_all_encoded_layers=True)
+    real = inputs["attention_mask"].bool()
+    rows = real.any(1)  # all but row 3, which keeps only its [CLS] when packed
+    assert rows.sum() == B - 1
+    kept = real.clone()
+    kept[3, 0] = True
+    for a, b in zip(padded.all_encoder_layers, packed.all_encoder_layers, strict=True):
+        torch.testing.assert_close(b[real], a[real], atol=1e-5, rtol=1e-5)
+        assert not b[~kept].any() and b[3, 0].abs().sum() > 0  # padding zeros, row 3's [CLS] kept
+    torch.testing.assert_close(packed.pooled_output[rows], padded.pooled_output[rows], atol=1e-5, rtol=1e-5)
+    assert packed.pooled_output.isfinite().all()
+    assert packed.sequence_output.data_ptr() == packed.all_encoder_layers[-1].data_ptr()
+
+
+@pytest.mark.parametrize(("attention", "checkpointing"), [("padded", False), ("padded", True), ("jagged", False)])
+def test_unpadded_pretraining_gives_the_same_losses_and_gradients(attention, checkpointing):
+    # In training the last layer runs only at masked positions, here through the packed rows.
+    torch.manual_seed(0)
+    config = BertConfig(**{**CONFIG.__dict__, "hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0,
+                           "initializer_range": 0.5})
+    model = BertForPreTraining(config).train()
+    model.set_gradient_checkpointing(checkpointing)
+    inputs = _ragged_inputs()
+    lengths = inputs["attention_mask"].sum(1).clamp(min=1)
+    positions = (torch.rand(B, 4) * lengths[:, None]).long()  # real tokens only
+    args = dict(_pretraining_args(positions), attention_mask=inputs["attention_mask"])
+    padded, padded_grads = _loss_and_grads(model, args)
+    model.set_unpadding(True, attention)
+    packed, packed_grads = _loss_and_grads(model, args)
+    for name in ("loss", "masked_lm_log_probs", "next_sentence_log_probs"):
+        torch.testing.assert_close(getattr(packed, name), getattr(padded, name), atol=1e-5, rtol=1e-5, msg=name)
+    for name, grad in padded_grads.items():
+        torch.testing.assert_close(packed_grads[name], grad, atol=1e-5, rtol=1e-5, msg=name)
+
+
+def test_unpadded_fine_tuning_heads_match_on_real_tokens():
+    torch.manual_seed(0)
+    inputs = _ragged_inputs()
+    real = inputs["attention_mask"].bool()
+    for model in (BertForSequenceClassification(CONFIG, 3).eval(), BertForQuestionAnswering(CONFIG).eval()):
+        with torch.no_grad():
+            padded = model(**inputs).logits
+            model.set_unpadding(True)
+            packed = model(**inputs).logits
+        if padded.dim() == 3:  # span logits: only real tokens can be answers
+            padded, packed = padded[real], packed[real]
+        torch.testing.assert_close(packed, padded, atol=1e-5, rtol=1e-5)
+
+
+def test_unpadding_refuses_an_unknown_kernel_and_jagged_checkpointing_on_cpu():
+    model = BertForPreTraining(CONFIG).train()
+    with pytest.raises(ValueError, match="auto, jagged or padded"):
+        model.set_unpadding(True, "flash")
+    model.set_unpadding(True, "jagged")
+    model.set_gradient_checkpointing(True)
+    with pytest.raises(ValueError, match="attention='padded'"):
+        model(**_ragged_inputs(all_padding_row=True))
+
+
 def test_models_package_imports_nothing_distributed():
     forbidden = {"ray", "deepspeed", "torch_xla", "fsspec", "wandb", "gcsfs", "s3fs", "torch.distributed"}
     root = Path(__file__).resolve().parents[2] / "models"

@@ -201,13 +201,14 @@ def test_settings_that_do_not_apply_warn(shared, tmp_path):
     raw = json.loads(_pretrain_spec(shared, tmp_path, config, "xla").to_json())
     raw["training"]["precision"] = "fp16"
     raw["model"]["gradient_checkpointing"] = True
+    raw["model"]["unpad_inputs"] = True
     raw["resources"]["xla"]["compile_cache_dir"] = str(tmp_path / "cache")  # too late: runtime already compiled
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         XlaBackend(parse_spec(raw))
     messages = "\n".join(str(w.message) for w in caught)
     for needle in ("precision fp16", "gradient_checkpointing saves no memory",
-                   "compile_cache_dir"):
+                   "unpad_inputs is ignored", "compile_cache_dir"):
         assert needle in messages, messages
     raw = json.loads(_pretrain_spec(shared, tmp_path, config, "xla").to_json())
     raw["resources"].update(accelerator="tpu", xla={"pjrt_device": "TPU"})
