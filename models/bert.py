@@ -337,7 +337,8 @@ class BertPreTrainedModel(nn.Module):
         """Drops padding tokens before the encoder (see Packing): the work follows real tokens,
         not B * T. Real tokens' outputs are unchanged (to float rounding); padding positions of
         sequence_output and all_encoder_layers become zeros (padded, they held values computed
-        from the padding tokens themselves, which nothing downstream reads).
+        from the padding tokens themselves). Only the span loss of BertForQuestionAnswering reads
+        them: as the original's, its softmax runs over padding positions too, so its value moves.
 
         attention: "jagged" (the varlen kernel of nested jagged tensors: FlashAttention on GPU),
             "padded" (SDPA on a padded copy of q/k/v: faster on CPU, where the jagged kernel
