@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from jobs.data.dataset import trim_batch
 from jobs.data.glue import SHARED_LAYOUTS, convert_examples_to_arrays, read_examples
 from jobs.data.squad import (
     convert_examples_to_features,
@@ -73,13 +74,6 @@ def batches(arrays: dict[str, np.ndarray], batch: int, count: int, device: torch
         yield {k: torch.as_tensor(v).to(device) for k, v in x.items()}
 
 
-def cut(x: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """The batch cut to its longest sequence, rounded up to 8 (as data.dynamic_padding does)."""
-    longest = int(x["attention_mask"].sum(1).max())
-    keep = min(x["input_ids"].shape[1], (longest + 7) // 8 * 8)
-    return {k: v[:, :keep] if v.dim() == 2 else v for k, v in x.items()}
-
-
 def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, unpad: bool, x: dict[str, torch.Tensor]) -> float:
     model.set_unpadding(unpad)
     device = x["input_ids"].device
@@ -113,8 +107,8 @@ def main() -> None:
         model = (BertForQuestionAnswering(config) if squad else BertForSequenceClassification(config, 2)).to(device)
         optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5, fused=gpu)
         inputs = list(batches(arrays, args.batch, args.steps + 1, device, squad))
-        modes = {"padded": (False, inputs), "dynamic": (False, [cut(x) for x in inputs]),
-                 "unpadded": (True, [cut(x) for x in inputs])}
+        modes = {"padded": (False, inputs), "dynamic": (False, [trim_batch(x, "attention_mask") for x in inputs]),
+                 "unpadded": (True, [trim_batch(x, "attention_mask") for x in inputs])}
         real_tokens = [int(x["attention_mask"].sum()) for x in inputs]
 
         # The same weights give the same loss every way (checked before any update).

@@ -250,6 +250,23 @@ class ResumableLoader:
         self._cursor = StreamCursor(int(state["epoch"]), int(state["offset"]))
 
 
+def trim_batch(batch: dict[str, Any], mask: str, multiple: int = 8) -> dict[str, Any]:
+    """Dynamic padding: every array of the mask's width T is cut after the batch's last masked-in
+    column, rounded up to `multiple` (never past T); other arrays pass through.
+
+    Args:
+        batch: name -> numpy array or torch tensor, [N, ...] each.
+        mask: the name of the 0/1 mask [N, T] (e.g. attention_mask); positions cut are 0 in every row.
+        multiple: the kept width's granularity (8 keeps matmuls on tensor-core-friendly shapes).
+    """
+    width = batch[mask].shape[1]
+    # The last column any row uses: a cumulative count peaks there first (numpy and torch alike).
+    longest = int(batch[mask].any(0).cumsum(0).argmax()) + 1
+    keep = min(width, -(-longest // multiple) * multiple)
+    return {name: array[:, :keep] if array.ndim == 2 and array.shape[1] == width else array
+            for name, array in batch.items()}
+
+
 class ArrayLoader:
     """Seeded, resumable batches over in-memory arrays (fine-tuning data).
 
@@ -321,12 +338,7 @@ class ArrayLoader:
     def _batch(self, index: np.ndarray) -> dict[str, torch.Tensor]:
         batch = {name: array[index] for name, array in self.arrays.items()}
         if self.trim_by is not None:
-            mask = batch[self.trim_by]
-            width = mask.shape[1]
-            longest = int(mask.any(axis=0).nonzero()[0].max(initial=0)) + 1
-            keep = min(width, -(-longest // self.trim_multiple) * self.trim_multiple)
-            batch = {name: array[:, :keep] if array.ndim == 2 and array.shape[1] == width else array
-                     for name, array in batch.items()}
+            batch = trim_batch(batch, self.trim_by, self.trim_multiple)
         return {name: torch.from_numpy(np.ascontiguousarray(array)) for name, array in batch.items()}
 
     def state_dict(self) -> dict[str, int]:

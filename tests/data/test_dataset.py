@@ -17,6 +17,7 @@ from jobs.data.dataset import (
     ResumableLoader,
     StreamCursor,
     pretraining_features,
+    trim_batch,
 )
 from jobs.data.pretraining import PretrainingDataConfig
 from jobs.data.tfrecord import write_examples
@@ -159,3 +160,17 @@ def test_array_loader_cuts_batches_to_their_longest_sequence_rounded_to_8():
     assert widths == [(24, [3, 17], (2,)), (16, [5, 9], (2,)), (32, [30, 2], (2,))]  # nothing real is cut
     static = next(iter(ArrayLoader(arrays, 2, shuffle=False, repeat=False)))
     assert static["input_ids"].shape == (2, 32)
+
+
+def test_trim_batch_cuts_numpy_and_torch_batches_alike_after_the_last_used_column():
+    mask = np.zeros((3, 40), dtype=np.int64)
+    mask[0, :5] = 1
+    mask[1, 3:12] = 1  # a row that starts late: the last used column (11) decides, not the count (9)
+    arrays = {"input_ids": mask * 3, "attention_mask": mask, "start_positions": np.array([1, 4, 0])}
+    for batch in (arrays, {name: torch.from_numpy(array) for name, array in arrays.items()}):
+        cut = trim_batch(batch, "attention_mask")
+        assert cut["input_ids"].shape == (3, 16) and cut["attention_mask"].sum() == mask.sum()
+        assert cut["start_positions"].shape == (3,)
+    assert trim_batch(arrays, "attention_mask", multiple=64)["input_ids"].shape == (3, 40)  # never past T
+    empty = trim_batch({"attention_mask": np.zeros((2, 40), dtype=np.int64)}, "attention_mask")
+    assert empty["attention_mask"].shape == (2, 8)
