@@ -175,6 +175,14 @@ class ResourcesSpec(_Section):
             raise ValueError("backend xla on a non-TPU accelerator needs xla.pjrt_device CPU or CUDA")
         if self.backend == "deepspeed" and self.accelerator == "tpu":
             raise ValueError("DeepSpeed does not run on TPUs; use backend xla")
+        if self.backend == "xla" and self.num_workers > 1:
+            # Each Ray worker's PJRT runtime sees its own devices only: one XLA replica per worker
+            # would never all-reduce (each would train alone and write as rank 0), and one SPMD mesh
+            # over several hosts needs PJRT's multi-host runtime, which is not wired in yet.
+            raise ValueError(f"backend xla runs on one host for now, but {self.num_workers} workers are asked for "
+                             f"(num_hosts {self.num_hosts} x devices_per_host {self.devices_per_host}"
+                             f"{', one worker per TPU host' if self.accelerator == 'tpu' else ''}): use num_hosts: 1 "
+                             "and xla.spmd: true, which drives all the host's chips from one worker")
         return self
 
 

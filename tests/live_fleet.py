@@ -42,9 +42,10 @@ class LiveFleet:
 
 @contextmanager
 def running_fleet(home: Path, num_gpu_nodes: int = 2, gpus_per_node: int = 2, cpus_per_node: int = 2,
-                  interval_s: float = 0.5) -> Iterator[LiveFleet]:
-    """A head node (1 CPU) and `num_gpu_nodes` simulated GPU nodes, the controller actor and its API on
-    a free port, state under `home`; stopped (service, then cluster) when the block ends."""
+                  interval_s: float = 0.5, tpu_hosts: int = 0, tpu_chips: int = 4) -> Iterator[LiveFleet]:
+    """A head node (1 CPU), `num_gpu_nodes` simulated GPU nodes and `tpu_hosts` simulated TPU hosts,
+    the controller actor and its API on a free port, state under `home`; stopped (service, then
+    cluster) when the block ends."""
     from cluster.local import SimulatedCluster, write_token_file
     from orchestrator.client import HttpClient
     from orchestrator.service import ServiceConfig, start_service, stop_service
@@ -53,6 +54,8 @@ def running_fleet(home: Path, num_gpu_nodes: int = 2, gpus_per_node: int = 2, cp
     try:
         for _ in range(num_gpu_nodes):
             cluster.add_gpu_node(gpus=gpus_per_node, cpus=cpus_per_node)
+        for _ in range(tpu_hosts):
+            cluster.add_tpu_host(chips=tpu_chips, cpus=cpus_per_node)
         cluster.connect()
         write_token_file(home / "token")
         port = free_port()

@@ -14,7 +14,13 @@ process is one logical replica over a 1-D mesh of all its devices: each training
 along its batch dimension (`to_device`), the model and optimizer stay replicated, and XLA's SPMD
 partitioner inserts the gradient all-reduce; the loop, the losses and the checkpoints are those of
 one device (world size 1), so the micro-batch must divide by the device count. Multi-host SPMD
-(one mesh over every host of a pod slice) is not implemented: it raises.
+(one mesh over every host of a pod slice) is not implemented: it raises, and job specs with more
+than one XLA worker are refused when they are validated (jobs/spec.py). Without spmd, a worker
+on a host of several devices trains on the first one only (it warns).
+
+On the cluster the controller places an XLA job on one TPU host (a `TPU-host` bundle: the whole
+host) and runs it on a one-worker Ray Train group like every backend (tests/xla/test_xla_fleet.py
+drives that on a simulated TPU host whose chips are XLA's CPU devices).
 
 The step is one graph. torch-xla records ops lazily and compiles and runs them at a sync, so
 `optimizer_step` ends with `torch_xla.sync()` and nothing before it reads a value on the host:
@@ -56,6 +62,7 @@ the loss scaler reads its found-inf flag on the host before every update.
 
 from __future__ import annotations
 
+import logging
 import os
 import warnings
 from typing import Any
@@ -72,6 +79,8 @@ os.environ.setdefault("PJRT_SELECT_DEFAULT_DEVICE", "0")
 import torch_xla
 import torch_xla.core.xla_model as xm
 import torch_xla.runtime as xr
+
+log = logging.getLogger("bertfleet")
 
 
 def _set_pjrt_device(wanted: str) -> None:
@@ -153,9 +162,16 @@ class XlaBackend(LocalBackend):
                                  f"multiple of {devices}")
             self.mesh = xs.Mesh(np.arange(devices), (devices,), ("data",))
             self.rank, self.world_size = 0, 1
+            self.layout = (f"SPMD over this host's {devices} devices (micro-batch {micro}: {micro // devices} rows "
+                           "each)")
         else:
             self.rank = xr.global_ordinal()
             self.world_size = xr.world_size()
+            self.layout = f"device {self.device}, replica {self.rank} of {self.world_size}"
+            local = xr.addressable_runtime_device_count()
+            if self.world_size == 1 and local > 1:
+                warnings.warn(f"resources.xla.spmd is off: this worker trains on 1 of its host's {local} XLA devices; "
+                              "set xla.spmd: true to shard each batch over all of them", stacklevel=2)
         self.seed = spec.training.seed
 
     # ---- wrapping and stepping ----------------------------------------------------------------
@@ -175,6 +191,7 @@ class XlaBackend(LocalBackend):
         assert all(p.device.type == "xla" for p in model.parameters()), \
             "XlaBackend.prepare: build the model on backend.device before the optimizer"
         super().prepare(model, optimizer, scheduler, precision)
+        log.info("xla: PJRT %s, %s", xr.device_type(), self.layout)  # in run_job: job.log has it
         # torch.manual_seed does not reach XLA's generator (it drives dropout on the device).
         xm.set_rng_state(self.seed, str(self.device))
         return model

@@ -17,12 +17,13 @@ import yaml
 from cluster.resources import (
     NODE_KINDS,
     NodeKind,
+    bundle_for,
     job_spec_for,
     num_hosts_of_slice,
     ray_resources,
 )
 from orchestrator.metrics import EXPORTED
-from orchestrator.queue import gang_of, place
+from orchestrator.queue import Gang, gang_of, place
 
 CONFIGS = Path(__file__).resolve().parents[2] / "cluster" / "configs"
 YAMLS = sorted(CONFIGS.glob("*.yaml"))
@@ -93,11 +94,18 @@ def test_resources_are_what_the_scheduler_asks_for(path: Path):
             accelerator = node_type["node_config"]["acceleratorType"]
             hosts = num_hosts_of_slice(kind.accelerator_type, accelerator)
             assert hosts == 1 or name.endswith("_" + accelerator.rpartition("-")[2]), name
-        # a job that fills `hosts` such nodes is placed on exactly them; one more host does not fit
+        # a gang that fills `hosts` such nodes is placed on exactly them; one more host does not fit
         nodes = [dict(node_type["resources"]) for _ in range(hosts)]
-        gang = gang_of(job_spec_for(kind, num_hosts=hosts))
+        if hosts == 1:
+            gang = gang_of(job_spec_for(kind))
+        else:
+            # a pod slice: jobs/spec.py refuses multi-host XLA for now (see README, "Not done yet"), so
+            # the gang is the one such a job would ask for: one worker per host, each holding a host
+            with pytest.raises(ValueError, match="runs on one host"):
+                job_spec_for(kind, num_hosts=hosts)
+            gang = Gang(bundle_for(kind), hosts)
         assert place(gang, nodes) is not None, name
-        assert place(gang_of(job_spec_for(kind, num_hosts=hosts + 1)), nodes) is None, name
+        assert place(Gang(gang.bundle, gang.num_workers + 1), nodes) is None, name
 
 
 @pytest.mark.parametrize("path", YAMLS, ids=lambda p: p.name)

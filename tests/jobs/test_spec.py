@@ -47,6 +47,20 @@ def test_batch_arithmetic_is_explained():
         parse_spec(_minimal(resources={"devices_per_host": 2}))
 
 
+def test_xla_runs_one_worker_and_says_how_to_use_all_of_a_hosts_chips():
+    """Several XLA workers would each train alone (their PJRT runtimes never meet); the error says so
+    up front, at submit, instead of after the gang was placed."""
+    one_host = parse_spec(_minimal(resources={"accelerator": "tpu", "backend": "xla", "devices_per_host": 4,
+                                              "xla": {"spmd": True}}))
+    assert one_host.resources.num_workers == 1
+    for resources, workers in (({"accelerator": "tpu", "num_hosts": 2, "xla": {"spmd": True}}, "2 workers"),
+                               ({"accelerator": "cpu", "devices_per_host": 2, "xla": {"pjrt_device": "CPU"}},
+                                "2 workers")):
+        with pytest.raises(SpecError, match=f"backend xla runs on one host for now, but {workers}.*"
+                                            "use num_hosts: 1 and xla.spmd: true"):
+            parse_spec(_minimal(resources={"backend": "xla", **resources}))
+
+
 def test_yaml_errors_name_the_line(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("kind: pretrain\nmodel: {size: tiny\noutput:\n  output_dir: x\n")

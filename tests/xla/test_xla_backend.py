@@ -320,3 +320,16 @@ def test_spmd_refuses_a_micro_batch_that_does_not_divide_over_the_devices(shared
                             env=os.environ | {"PJRT_DEVICE": "CPU", "CPU_NUM_DEVICES": "2"})
     assert result.returncode != 0
     assert "micro-batch of 3 does not divide over this host's 2 XLA devices" in result.stderr, result.stderr[-2000:]
+
+
+def test_without_spmd_a_worker_on_a_host_of_several_devices_says_it_uses_one(shared, tmp_path):
+    spec = _pretrain_spec(shared, tmp_path / "one", _config(tmp_path / "c.json"), "xla")
+    path = tmp_path / "one.json"
+    path.write_text(spec.to_json())
+    script = ("import sys, warnings\nwarnings.simplefilter('always')\nfrom jobs.backends.xla import XlaBackend\n"
+              "from jobs.spec import spec_from_json\nXlaBackend(spec_from_json(open(sys.argv[1]).read()))\n")
+    result = subprocess.run([sys.executable, "-c", script, str(path)], check=False, capture_output=True, text=True,
+                            timeout=120, cwd=Path(__file__).resolve().parents[2],
+                            env=os.environ | {"PJRT_DEVICE": "CPU", "CPU_NUM_DEVICES": "2"})
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "trains on 1 of its host's 2 XLA devices; set xla.spmd: true" in result.stderr, result.stderr[-2000:]
