@@ -3,9 +3,13 @@ uncased vocabulary, pretraining on the original's sample TFRecords in ../shared/
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
+import torch
+
+from jobs.checkpoint import CheckpointStore
 from models import BertConfig
 
 
@@ -37,3 +41,15 @@ def tiny_pretrain(shared: Path, config_file: str | Path, output_dir: str | Path,
         else:
             raw[section] = values
     return raw
+
+
+def logged_losses(output_dir: Path) -> list[tuple[int, float]]:
+    """(step, train/loss) of every row of a job's metrics.jsonl, in order: a step logged twice shows
+    twice (wrap in dict() where only the values matter)."""
+    rows = [json.loads(line) for line in (output_dir / "metrics.jsonl").read_text().splitlines()]
+    return [(row["step"], row["train/loss"]) for row in rows if "train/loss" in row]
+
+
+def checkpoint_weights(output_dir: Path) -> dict[str, torch.Tensor]:
+    """The model state of a job's latest committed checkpoint."""
+    return CheckpointStore(str(output_dir)).load()["backend"]["model"]

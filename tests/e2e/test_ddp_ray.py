@@ -14,7 +14,7 @@ import time
 import pytest
 import torch
 from ray_processes import train_worker_pids
-from tiny_job import tiny_pretrain, write_tiny_config
+from tiny_job import checkpoint_weights, logged_losses, tiny_pretrain, write_tiny_config
 
 from jobs.checkpoint import CheckpointStore
 from jobs.runner import run_job
@@ -45,15 +45,6 @@ def _spec(config_file, shared, output_dir, workers, **training):
         resources={"backend": "ddp" if workers > 1 else "local", "devices_per_host": workers, "max_failures": 2}))
 
 
-def _losses(output_dir) -> dict[int, float]:
-    rows = [json.loads(line) for line in (output_dir / "metrics.jsonl").read_text().splitlines()]
-    return {row["step"]: row["train/loss"] for row in rows if "train/loss" in row}
-
-
-def _weights(output_dir) -> dict[str, torch.Tensor]:
-    return CheckpointStore(str(output_dir)).load()["backend"]["model"]
-
-
 @pytest.fixture(scope="module")
 def uninterrupted(cluster, config_file, shared, tmp_path_factory):
     from orchestrator.launch import run_on_ray
@@ -65,10 +56,10 @@ def uninterrupted(cluster, config_file, shared, tmp_path_factory):
 
 def test_two_workers_match_one_process_on_the_same_global_batch(uninterrupted, config_file, shared, tmp_path):
     run_job(_spec(config_file, shared, tmp_path, 1))
-    single, ddp = _losses(tmp_path), _losses(uninterrupted)
+    single, ddp = dict(logged_losses(tmp_path)), dict(logged_losses(uninterrupted))
     assert sorted(ddp) == list(range(1, STEPS + 1))
-    for step in single:
-        assert abs(single[step] - ddp[step]) < 1e-5, (step, single[step], ddp[step])
+    for step, loss in single.items():
+        assert abs(loss - ddp[step]) < 1e-5, (step, loss, ddp[step])
 
 
 def test_a_killed_worker_is_replaced_and_the_run_ends_bitwise_equal(uninterrupted, config_file, shared, tmp_path):
@@ -81,7 +72,7 @@ def test_a_killed_worker_is_replaced_and_the_run_ends_bitwise_equal(uninterrupte
     deadline = time.monotonic() + 120
     while killed is None and time.monotonic() < deadline and thread.is_alive():
         metrics = tmp_path / "metrics.jsonl"
-        steps = _losses(tmp_path) if metrics.exists() else {}
+        steps = dict(logged_losses(tmp_path)) if metrics.exists() else {}
         if steps and max(steps) >= 10:  # past the step-8 checkpoint, before the end
             workers = train_worker_pids()
             killed = workers[-1]
@@ -90,7 +81,7 @@ def test_a_killed_worker_is_replaced_and_the_run_ends_bitwise_equal(uninterrupte
     thread.join(timeout=300)
     assert killed is not None, "the run finished before a worker could be killed"
     assert not thread.is_alive()
-    a, b = _weights(uninterrupted), _weights(tmp_path)
+    a, b = checkpoint_weights(uninterrupted), checkpoint_weights(tmp_path)
     for name in a:
         assert torch.equal(a[name], b[name]), name
     assert CheckpointStore(str(tmp_path)).latest() == STEPS
@@ -104,10 +95,10 @@ def test_a_two_worker_checkpoint_resumes_on_one_worker(uninterrupted, config_fil
     lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
     (tmp_path / "metrics.jsonl").write_text("".join(line + "\n" for line in lines if json.loads(line)["step"] <= 8))
     run_job(_spec(config_file, shared, tmp_path, 1))  # the same job, resumed by one process
-    full, resumed = _losses(uninterrupted), _losses(tmp_path)
+    full, resumed = dict(logged_losses(uninterrupted)), dict(logged_losses(tmp_path))
     assert sorted(resumed) == list(range(1, STEPS + 1))
     for step in range(9, STEPS + 1):  # the same records, so the same losses up to summation order
         assert abs(full[step] - resumed[step]) < 1e-4, (step, full[step], resumed[step])
-    a, b = _weights(uninterrupted), _weights(tmp_path)
+    a, b = checkpoint_weights(uninterrupted), checkpoint_weights(tmp_path)
     for name in a:
         torch.testing.assert_close(a[name], b[name], atol=1e-4, rtol=1e-4, msg=name)

@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 import signal
 from datetime import datetime
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -18,7 +17,7 @@ from live_fleet import TERMINAL, running_fleet
 from live_fleet import pretrain_spec as _spec
 from live_fleet import step_of as _step
 from live_fleet import wait_for_job as _wait
-from tiny_job import write_tiny_config
+from tiny_job import checkpoint_weights, write_tiny_config
 
 from jobs.checkpoint import CheckpointStore
 
@@ -52,10 +51,6 @@ def _train_worker_nodes() -> set[str]:
 
     return {a["Address"]["NodeID"] for a in ray._private.state.actors().values()
             if a["ActorClassName"].endswith("RayTrainWorker") and a["State"] == "ALIVE"}
-
-
-def _weights(output_dir: Path) -> dict[str, torch.Tensor]:
-    return CheckpointStore(str(output_dir)).load()["backend"]["model"]
 
 
 def test_competing_jobs_are_gang_scheduled_by_priority_without_deadlock(fleet, config_file, shared, tmp_path):
@@ -103,7 +98,7 @@ def test_a_node_killed_three_times_under_a_job_preempts_and_resumes_it_bitwise(f
     events = client.events(job_id)
     assert [e["to_state"] for e in events].count("PREEMPTED") == 3
     assert [e["to_state"] for e in events].count("QUEUED") == 4  # submitted + requeued after each preemption
-    final, expected = _weights(tmp_path / "preempted"), _weights(tmp_path / "reference")
+    final, expected = checkpoint_weights(tmp_path / "preempted"), checkpoint_weights(tmp_path / "reference")
     assert CheckpointStore(str(tmp_path / "preempted")).latest() == steps
     assert final.keys() == expected.keys()
     for name in expected:

@@ -14,7 +14,7 @@ import time
 import pytest
 import torch
 from ray_processes import train_worker_pids
-from tiny_job import tiny_pretrain, write_tiny_config
+from tiny_job import checkpoint_weights, tiny_pretrain, write_tiny_config
 
 from jobs.checkpoint import CheckpointStore
 from jobs.spec import parse_spec
@@ -54,10 +54,6 @@ def _logged_steps(output_dir) -> list[int]:
         if "train/loss" in row:
             steps.append(row["step"])
     return steps
-
-
-def _weights(output_dir) -> dict[str, torch.Tensor]:
-    return CheckpointStore(str(output_dir)).load()["backend"]["model"]
 
 
 def test_a_sigtermed_worker_commits_an_emergency_checkpoint_and_the_run_resumes_bitwise(cluster, shared, tmp_path):
@@ -104,6 +100,6 @@ def test_a_sigtermed_worker_commits_an_emergency_checkpoint_and_the_run_resumes_
 
     run_on_ray(_spec(tmp_path, shared, cut))  # the same job again: it resumes from the emergency checkpoint
     assert _logged_steps(cut) == list(range(1, STEPS + 1))
-    a, b = _weights(tmp_path / "full"), _weights(cut)
+    a, b = checkpoint_weights(tmp_path / "full"), checkpoint_weights(cut)
     for name in a:
         assert torch.equal(a[name], b[name]), name

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from tiny_job import tiny_pretrain, write_tiny_config
+from tiny_job import checkpoint_weights, logged_losses, tiny_pretrain, write_tiny_config
 
 torch_xla = pytest.importorskip(
     "torch_xla", reason="torch-xla is not installed here; the XLA tests run in their own venv: bash .ci/xla")
@@ -61,15 +61,6 @@ def _pretrain_spec(shared: Path, output_dir: Path, config: str, backend: str, **
                                     resources={"backend": backend, "xla": {"pjrt_device": "CPU"}}))
 
 
-def _losses(output_dir: Path) -> dict[int, float]:
-    rows = [json.loads(line) for line in (output_dir / "metrics.jsonl").read_text().splitlines()]
-    return {row["step"]: row["train/loss"] for row in rows if "train/loss" in row}
-
-
-def _weights(output_dir: Path) -> dict[str, torch.Tensor]:
-    return CheckpointStore(str(output_dir)).load()["backend"]["model"]
-
-
 def _compiles() -> int:
     data = met.metric_data("CompileTime")
     return int(data[0]) if data else 0
@@ -97,8 +88,8 @@ def test_pretraining_matches_eager_cpu_step_by_step(shared, tmp_path):
     config = _config(tmp_path / "bert_config.json")
     run_job(_pretrain_spec(shared, tmp_path / "cpu", config, "local"), backend=LocalBackend(torch.device("cpu")))
     _run_xla(_pretrain_spec(shared, tmp_path / "xla", config, "xla"))
-    _assert_losses_match(_losses(tmp_path / "cpu"), _losses(tmp_path / "xla"), 10)
-    cpu, xla = _weights(tmp_path / "cpu"), _weights(tmp_path / "xla")
+    _assert_losses_match(dict(logged_losses(tmp_path / "cpu")), dict(logged_losses(tmp_path / "xla")), 10)
+    cpu, xla = checkpoint_weights(tmp_path / "cpu"), checkpoint_weights(tmp_path / "xla")
     assert cpu.keys() == xla.keys() and all(t.device.type == "cpu" for t in xla.values())
     for name in cpu:
         torch.testing.assert_close(xla[name], cpu[name], atol=1e-4, rtol=1e-4, msg=name)
@@ -123,11 +114,11 @@ def test_interrupted_and_resumed_run_is_bitwise_equal_and_compiles_nothing_new(s
     before = _compiles()
     _, resumed_counts = _run_xla(spec("cut"))
     assert len(resumed_counts) == 3 and _compiles() == before, "the resumed run compiled new graphs"
-    full, cut = _weights(tmp_path / "full"), _weights(tmp_path / "cut")
+    full, cut = checkpoint_weights(tmp_path / "full"), checkpoint_weights(tmp_path / "cut")
     assert full.keys() == cut.keys()
     for name in full:
         assert torch.equal(full[name], cut[name]), name
-    assert _losses(tmp_path / "full") == _losses(tmp_path / "cut")
+    assert dict(logged_losses(tmp_path / "full")) == dict(logged_losses(tmp_path / "cut"))
 
 
 def test_fine_tuning_matches_eager_cpu(shared, tmp_path):
@@ -153,7 +144,7 @@ def test_fine_tuning_matches_eager_cpu(shared, tmp_path):
     xla_metrics, counts = _run_xla(spec("xla", "xla"))
     # 48 rows / 8 = 6 full batches per epoch, so steps 7-8 start a second epoch: still full batches.
     assert counts[2:] == [counts[2]] * 6, f"compiles after each step: {counts}"
-    _assert_losses_match(_losses(tmp_path / "cpu"), _losses(tmp_path / "xla"), 8)
+    _assert_losses_match(dict(logged_losses(tmp_path / "cpu")), dict(logged_losses(tmp_path / "xla")), 8)
     assert xla_metrics["global_step"] == 8
     assert abs(xla_metrics["eval_loss"] - cpu_metrics["eval_loss"]) <= LOSS_ATOL
     assert xla_metrics["eval_accuracy"] == cpu_metrics["eval_accuracy"]
@@ -190,10 +181,10 @@ def test_bf16_uses_xla_autocast(shared, tmp_path):
     run_job(_pretrain_spec(shared, tmp_path / "fp32", config, "local", num_train_steps=2),
             backend=LocalBackend(torch.device("cpu")))
     _run_xla(_pretrain_spec(shared, tmp_path / "bf16", config, "xla", num_train_steps=2, precision="bf16"))
-    fp32, bf16 = _losses(tmp_path / "fp32"), _losses(tmp_path / "bf16")
+    fp32, bf16 = dict(logged_losses(tmp_path / "fp32")), dict(logged_losses(tmp_path / "bf16"))
     # bfloat16 keeps 8 bits of mantissa (~4e-3 relative); the losses are sums of many such products.
-    for step in fp32:
-        assert bf16[step] != fp32[step] and abs(bf16[step] - fp32[step]) <= 5e-2 * fp32[step], (fp32, bf16)
+    for step, loss in fp32.items():
+        assert bf16[step] != loss and abs(bf16[step] - loss) <= 5e-2 * loss, (fp32, bf16)
 
 
 def test_settings_that_do_not_apply_warn(shared, tmp_path):
@@ -273,12 +264,17 @@ def _run_spmd(spec, stop_at: int = 0) -> str:
     tensor, once per process) over 2 XLA CPU devices; returns its output."""
     path = Path(spec.output.output_dir).with_suffix(".json")
     path.write_text(spec.to_json())
-    env = os.environ | {"PJRT_DEVICE": "CPU", "CPU_NUM_DEVICES": "2"}
-    result = subprocess.run([sys.executable, "-c", _SPMD_SCRIPT, str(path), str(stop_at)], check=False,
-                            capture_output=True, text=True, timeout=300, cwd=Path(__file__).resolve().parents[2],
-                            env=env)
+    result = _on_two_devices(_SPMD_SCRIPT, path, stop_at)
     assert result.returncode == 0, result.stderr[-3000:]
     return result.stdout
+
+
+def _on_two_devices(script: str, *args: object, timeout: float = 300) -> subprocess.CompletedProcess:
+    """`python -c script args...` in a fresh process whose PJRT CPU client has 2 devices (the count is
+    read once per process, when the runtime starts)."""
+    return subprocess.run([sys.executable, "-c", script, *map(str, args)], check=False, capture_output=True,
+                          text=True, timeout=timeout, cwd=Path(__file__).resolve().parents[2],
+                          env=os.environ | {"PJRT_DEVICE": "CPU", "CPU_NUM_DEVICES": "2"})
 
 
 def test_spmd_shards_each_batch_over_the_hosts_devices_matches_eager_cpu_and_resumes_bitwise(shared, tmp_path):
@@ -299,14 +295,14 @@ def test_spmd_shards_each_batch_over_the_hosts_devices_matches_eager_cpu_and_res
     out = _run_spmd(spmd("full"))
     assert "devices 2 world 1" in out, out
     assert "devices=[2" in out, out  # the batch tensor is tiled over both devices
-    _assert_losses_match(_losses(tmp_path / "cpu"), _losses(tmp_path / "full"), 8)
+    _assert_losses_match(dict(logged_losses(tmp_path / "cpu")), dict(logged_losses(tmp_path / "full")), 8)
     assert "stopped" in _run_spmd(spmd("cut"), stop_at=5)
     assert CheckpointStore(str(tmp_path / "cut")).latest() == 5
     _run_spmd(spmd("cut"))
-    full, cut = _weights(tmp_path / "full"), _weights(tmp_path / "cut")
+    full, cut = checkpoint_weights(tmp_path / "full"), checkpoint_weights(tmp_path / "cut")
     for name in full:
         assert torch.equal(full[name], cut[name]), name
-    assert _losses(tmp_path / "full") == _losses(tmp_path / "cut")
+    assert dict(logged_losses(tmp_path / "full")) == dict(logged_losses(tmp_path / "cut"))
 
 
 def test_spmd_refuses_a_micro_batch_that_does_not_divide_over_the_devices(shared, tmp_path):
@@ -315,9 +311,7 @@ def test_spmd_refuses_a_micro_batch_that_does_not_divide_over_the_devices(shared
     raw["training"].update(train_batch_size=6, gradient_accumulation_steps=2)  # micro-batch 3 over 2 devices
     path = tmp_path / "odd.json"
     path.write_text(json.dumps(raw))
-    result = subprocess.run([sys.executable, "-c", _SPMD_SCRIPT, str(path), "0"], check=False, capture_output=True,
-                            text=True, timeout=300, cwd=Path(__file__).resolve().parents[2],
-                            env=os.environ | {"PJRT_DEVICE": "CPU", "CPU_NUM_DEVICES": "2"})
+    result = _on_two_devices(_SPMD_SCRIPT, path, 0)
     assert result.returncode != 0
     assert "micro-batch of 3 does not divide over this host's 2 XLA devices" in result.stderr, result.stderr[-2000:]
 
@@ -328,8 +322,6 @@ def test_without_spmd_a_worker_on_a_host_of_several_devices_says_it_uses_one(sha
     path.write_text(spec.to_json())
     script = ("import sys, warnings\nwarnings.simplefilter('always')\nfrom jobs.backends.xla import XlaBackend\n"
               "from jobs.spec import spec_from_json\nXlaBackend(spec_from_json(open(sys.argv[1]).read()))\n")
-    result = subprocess.run([sys.executable, "-c", script, str(path)], check=False, capture_output=True, text=True,
-                            timeout=120, cwd=Path(__file__).resolve().parents[2],
-                            env=os.environ | {"PJRT_DEVICE": "CPU", "CPU_NUM_DEVICES": "2"})
+    result = _on_two_devices(script, path, timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "trains on 1 of its host's 2 XLA devices; set xla.spmd: true" in result.stderr, result.stderr[-2000:]

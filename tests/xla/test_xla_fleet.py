@@ -10,14 +10,13 @@ Runs in .venv-xla only (`bash .ci/xla`, which installs Ray there too).
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
 import pytest
 import torch
 from live_fleet import TERMINAL, running_fleet, step_of, wait_for_job
-from tiny_job import tiny_pretrain, write_tiny_config
+from tiny_job import checkpoint_weights, logged_losses, tiny_pretrain, write_tiny_config
 
 pytest.importorskip("torch_xla", reason="torch-xla is not installed here; the XLA tests run in their own venv: "
                                         "bash .ci/xla")
@@ -60,15 +59,6 @@ def _raw(shared: Path, config: str, output_dir: Path, backend: str = "xla") -> d
                          output={"save_checkpoints_steps": 5, "export_hf": False}, resources=resources)
 
 
-def _losses(output_dir: Path) -> list[tuple[int, float]]:
-    rows = [json.loads(line) for line in (output_dir / "metrics.jsonl").read_text().splitlines()]
-    return [(row["step"], row["train/loss"]) for row in rows if "train/loss" in row]
-
-
-def _weights(output_dir: Path) -> dict[str, torch.Tensor]:
-    return CheckpointStore(str(output_dir)).load()["backend"]["model"]
-
-
 def test_an_xla_job_runs_on_a_tpu_host_and_comes_back_bitwise_after_the_host_is_preempted(fleet, shared, tmp_path):
     client, cluster = fleet.client, fleet.cluster
     config = write_tiny_config(tmp_path / "bert_config.json", dropout=0.0)  # eager CPU and XLA draw other masks
@@ -83,7 +73,7 @@ def test_an_xla_job_runs_on_a_tpu_host_and_comes_back_bitwise_after_the_host_is_
     # The same job in this process on eager CPU: the cluster's XLA run computed the same losses.
     run_job(parse_spec(_raw(shared, config, tmp_path / "eager", backend="local")),
             backend=LocalBackend(torch.device("cpu")))
-    on_tpu_host, eager = _losses(tmp_path / "reference"), _losses(tmp_path / "eager")
+    on_tpu_host, eager = logged_losses(tmp_path / "reference"), logged_losses(tmp_path / "eager")
     assert [step for step, _ in on_tpu_host] == list(range(1, STEPS + 1))
     for (step, ours), (_, theirs) in zip(on_tpu_host, eager, strict=True):
         assert abs(ours - theirs) <= LOSS_ATOL, (step, ours, theirs)
@@ -101,8 +91,8 @@ def test_an_xla_job_runs_on_a_tpu_host_and_comes_back_bitwise_after_the_host_is_
     assert [e["to_state"] for e in client.events(preempted)].count("PREEMPTED") == 1
     # Nothing lost, nothing twice: every step logged once, with the uninterrupted run's loss, and the
     # same final bits (the resumed attempt compiled afresh on its new host, from the same checkpoint).
-    assert _losses(tmp_path / "preempted") == on_tpu_host
-    final, expected = _weights(tmp_path / "preempted"), _weights(tmp_path / "reference")
+    assert logged_losses(tmp_path / "preempted") == on_tpu_host
+    final, expected = checkpoint_weights(tmp_path / "preempted"), checkpoint_weights(tmp_path / "reference")
     assert CheckpointStore(str(tmp_path / "preempted")).latest() == STEPS
     assert final.keys() == expected.keys()
     for name in expected:
